@@ -1,0 +1,36 @@
+"""Stage `calibrate`: the thesis's FID calibration table with our classifier (metrics/calibration.*)."""
+
+from _stage import elapsed, params, stage
+
+from sarnet.calibration import calibrate, calibration_markdown
+from sarnet.classifier import build_classifier
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.fid import FidScorer
+from sarnet.files import write_json, write_text
+from sarnet.tracking import stage_run
+from sarnet.training import default_device, load_state_dict
+
+CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "
+                   "the thesis used TF-GAN's MNIST classifier, so absolute values differ and the ratio puts them on one scale.")
+
+
+@stage
+def main() -> None:
+    p = params("calibrate")
+    dataset, n = p["dataset"], p["n_images"]
+    data = load_prepared(f"data/prepared/{dataset}.npz", digit=p["digit"])
+    device = default_device()
+    classifier = load_state_dict(build_classifier(params("train_classifier")), f"models/classifier/{dataset}.pt", device)
+    scorer = FidScorer(classifier, device=device)
+
+    with stage_run("calibrate", params=p, dataset=dataset) as tracker:
+        results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"], progress=print)
+        write_json("metrics/calibration.json", {"n_images": n, "seconds": elapsed(), "rows": results})
+        write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
+        tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()})
+        tracker.log_artifact("metrics/calibration.md")
+        tracker.log_artifact("metrics/calibration.json")
+
+
+if __name__ == "__main__":
+    main()

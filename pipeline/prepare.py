@@ -1,0 +1,33 @@
+"""Stage `prepare@<dataset>`: verified IDX files -> data/prepared/<dataset>.npz (uint8 arrays)."""
+
+import numpy as np
+from _stage import elapsed, params, stage
+
+from sarnet.data import load_prepared, prepare_dataset
+from sarnet.files import write_json
+from sarnet.tracking import stage_run
+
+
+@stage
+def main(dataset: str) -> None:
+    p = params("prepare")
+    out = f"data/prepared/{dataset}.npz"
+    with stage_run(f"prepare@{dataset}", params=p, dataset=dataset) as tracker:
+        summary = prepare_dataset(dataset, p.get("data_dir"), out, p.get("download_dir", "data/raw"))
+        data = load_prepared(out)
+        metrics = {
+            "train_images": summary["train"],
+            "test_images": summary["test"],
+            "train_label_counts": np.bincount(data.train.labels, minlength=10).tolist(),
+            "test_label_counts": np.bincount(data.test.labels, minlength=10).tolist(),
+            "seconds": elapsed(),
+        }
+        write_json(f"metrics/prepare/{dataset}.json", metrics)
+        tracker.set_tags({"data.source": summary["source"]})
+        tracker.log_metrics({"train_images": summary["train"], "test_images": summary["test"], "seconds": metrics["seconds"]})
+        tracker.log_artifact(f"metrics/prepare/{dataset}.json")
+        print(f"{dataset}: {summary['train']} train / {summary['test']} test images from {summary['source']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Stage `train_classifier@<dataset>`: the FID feature extractor, trained deterministically."""
+
+import torch
+from _stage import elapsed, params, stage
+
+from sarnet.classifier import accuracy, build_classifier, classification_loss
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.files import write_json
+from sarnet.tracking import stage_run
+from sarnet.training import TrainConfig, fit, seed_everything
+
+
+@stage
+def main(dataset: str) -> None:
+    p = params("train_classifier")
+    config = TrainConfig.from_params(p)
+    data = load_prepared(f"data/prepared/{dataset}.npz")
+    limit = p.get("train_limit")  # the CI profile trains on a slice
+    train = (to_unit_tensor(data.train.images[:limit]), torch.from_numpy(data.train.labels[:limit]))
+    test = (to_unit_tensor(data.test.images), torch.from_numpy(data.test.labels))
+    model_path = f"models/classifier/{dataset}.pt"
+
+    with stage_run(f"train_classifier@{dataset}", params=p, dataset=dataset) as tracker:
+        seed_everything(config.seed)
+        model = build_classifier(p)
+        history = fit(model, classification_loss(p["max_shift"]), train, config,
+                      checkpoint_path=f"checkpoints/classifier_{dataset}.pt", final_path=model_path,
+                      test_data=test, history_path=f"metrics/classifier/{dataset}_history.csv", logger=tracker)
+        test_accuracy = accuracy(model.cpu(), *test)
+        target = p["target_accuracy"][dataset]
+        metrics = {
+            "test_accuracy": round(test_accuracy, 5),
+            "target_accuracy": target,
+            "meets_target": test_accuracy >= target,
+            "final_train_loss": round(history[-1].train_loss, 6),
+            "final_test_loss": round(history[-1].test_loss, 6),
+            "epochs": config.epochs,
+            "train_images": len(train[0]),
+            "seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 2),
+            "seconds": elapsed(),
+        }
+        write_json(f"metrics/classifier/{dataset}.json", metrics)
+        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracker.log_artifact(model_path, "model")
+        tracker.log_artifact(f"metrics/classifier/{dataset}_history.csv")
+        status = "meets" if metrics["meets_target"] else "BELOW"
+        print(f"{dataset}: test accuracy {test_accuracy:.4%} ({status} the {target:.1%} target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The FID instrument: Fréchet distance between Gaussian fits of classifier logits (thesis §3.5).
+
+Protocol (REFERENCE.md): features are the 10 logits of an MNIST classifier, images scaled to
+[-1, 1], statistics in float64 with the unbiased (n-1) covariance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from sarnet.errors import ConfigError
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues count as 0."""
+    eigvals, eigvecs = np.linalg.eigh(matrix)
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) in float64.
+
+    Tr((Σ₁Σ₂)^½) equals the sum of square roots of the eigenvalues of the symmetric PSD matrix
+    Σ₁^½ Σ₂ Σ₁^½ (it is similar to Σ₁Σ₂). Working with that symmetric form keeps everything real
+    and finite even when the covariances are singular, where a general sqrtm of Σ₁Σ₂ breaks down.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ConfigError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    cross_eigvals = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = float(np.sqrt(np.clip(cross_eigvals, 0.0, None)).sum())
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+    return max(value, 0.0)  # tiny negative values are round-off on identical inputs
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (n-1) of row-wise features, in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ConfigError(f"need at least 2 feature rows of shape (n, d), got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False, ddof=1)
+
+
+def to_signed_unit(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images of shape (N, 28, 28) or (N, 1, 28, 28) -> (N, 1, 28, 28) in [-1, 1]."""
+    images = torch.as_tensor(images, dtype=torch.float32)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return images * 2.0 - 1.0
+
+
+class FidScorer:
+    """Turns image sets into logit statistics and FID values with one frozen classifier."""
+
+    def __init__(self, classifier: nn.Module, batch_size: int = 2000, device: str | torch.device = "cpu") -> None:
+        self.classifier = classifier.eval().to(device)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        """The classifier's logits for [0, 1] images, as float64 rows."""
+        x = to_signed_unit(images)
+        out = [
+            self.classifier(x[i : i + self.batch_size].to(self.device)).double().cpu()
+            for i in range(0, len(x), self.batch_size)
+        ]
+        return torch.cat(out).numpy()
+
+    def statistics(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return feature_statistics(self.features(images))
+
+    def fid(self, images_a: torch.Tensor, images_b: torch.Tensor) -> float:
+        return frechet_distance(*self.statistics(images_a), *self.statistics(images_b))

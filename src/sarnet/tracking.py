@@ -1,0 +1,192 @@
+"""MLflow tracking that never costs a result.
+
+Every stage execution is one MLflow run with its params, metrics, artifacts and tags for the git
+commit, a dirty-tree flag, the DVC stage and the dataset. The default store is a sqlite file at
+the project root with artifacts in a local folder; `MLFLOW_TRACKING_URI` points elsewhere (a
+remote server works unchanged). If the store cannot be reached, or any call fails, the run goes
+on untracked after one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_EXPERIMENT = "sarnet"
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+# Fail fast on an unreachable server (MLflow's own default retries for minutes); user settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """Where the default store lives: the working directory, or for a `dvc exp run --queue`
+    workspace (a temporary copy under `.dvc/tmp/exps/`) the project it was copied from."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or project_root()) / STORE_FILE}"
+
+
+def _is_local_default() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: MLflow params are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the code; DVC's own outputs (dvc.lock, metrics/) do not count as dirt,
+    since a running `dvc repro` rewrites them."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock", ":(exclude)metrics")
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(changed)).lower()}
+
+
+class Tracker:
+    """A handle on one MLflow run whose calls never raise: the first failure warns and turns it off."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None) -> None:
+        self._client = client
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None and self.run_id is not None
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if not self.enabled:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # any tracking failure must not stop the stage
+            _warn(f"MLflow {what} failed ({type(exc).__name__}: {str(exc)[:200]}); continuing without tracking")
+            self._client = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k, v[:6000]) for k, v in flat.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._call("log_params", self._client.log_batch, self.run_id, params=items[i : i + 100]) if self.enabled else None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self._call("log_metrics", self._client.log_batch, self.run_id, metrics=items) if self.enabled else None
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call("set_tags", self._client.log_batch, self.run_id, tags=items) if self.enabled else None
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.enabled and Path(path).exists():
+            self._call("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _client():
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment's id, creating it (with a local artifact folder for the default store) if needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (project_root() / ARTIFACT_DIR).as_uri() if _is_local_default() else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def init_store(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Create the store and experiment once, before parallel writers (e.g. `dvc exp run --queue -j 2`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ensure_experiment(_client(), experiment)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Tracker]:
+    """One MLflow run around a stage execution; yields a Tracker that is a no-op if tracking failed."""
+    tracker = Tracker()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = _client()
+            experiment_id = ensure_experiment(client, experiment)
+            all_tags = {"dvc.stage": stage, **git_state(), **(tags or {})}
+            if dataset:
+                all_tags["dataset"] = dataset
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = client.create_run(experiment_id, run_name=run_name or stage, tags={k: str(v) for k, v in all_tags.items()})
+        tracker = Tracker(client, run.info.run_id)
+    except Exception as exc:
+        _warn(f"MLflow store {tracking_uri()} unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+              "the stage runs untracked and still writes its outputs")
+    if params:
+        tracker.log_params(params)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        if tracker.enabled:
+            tracker._call("set_terminated", tracker._client.set_terminated, tracker.run_id, status)
