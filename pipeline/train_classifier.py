@@ -23,7 +23,7 @@ def main(dataset: str) -> None:
     with stage_run(f"train_classifier@{dataset}", params=p, dataset=dataset) as tracker:
         seed_everything(config.seed)
         model = build_classifier(p)
-        history = fit(model, classification_loss(p["max_shift"]), train, config,
+        history = fit(model, classification_loss(p["max_shift"][dataset]), train, config,
                       checkpoint_path=f"checkpoints/classifier_{dataset}.pt", final_path=model_path,
                       test_data=test, history_path=f"metrics/classifier/{dataset}_history.csv", logger=tracker)
         test_accuracy = accuracy(model.cpu(), *test)

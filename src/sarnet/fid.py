@@ -13,10 +13,20 @@ from torch import nn
 from sarnet.errors import ConfigError
 
 
+def _clip_roundoff(eigvals: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with round-off noise (|λ| ≲ d·ε·λ_max, either sign) set to 0.
+
+    Without this, a singular covariance's zero eigenvalues come out as ~ε·λ_max, and their square
+    roots (~√ε·λ_max) would bias the trace term.
+    """
+    tol = max(float(eigvals.max(initial=0.0)), 0.0) * len(eigvals) * np.finfo(np.float64).eps * 10
+    return np.where(eigvals > tol, eigvals, 0.0)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues count as 0."""
+    """Symmetric square root of a symmetric PSD matrix."""
     eigvals, eigvecs = np.linalg.eigh(matrix)
-    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+    return (eigvecs * np.sqrt(_clip_roundoff(eigvals))) @ eigvecs.T
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -35,7 +45,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     root1 = _psd_sqrt(sigma1)
     inner = root1 @ sigma2 @ root1
     cross_eigvals = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = float(np.sqrt(np.clip(cross_eigvals, 0.0, None)).sum())
+    trace_sqrt = float(np.sqrt(_clip_roundoff(cross_eigvals)).sum())
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
     return max(value, 0.0)  # tiny negative values are round-off on identical inputs

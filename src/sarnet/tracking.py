@@ -124,12 +124,10 @@ def _warn(message: str) -> None:
 
 
 def _client():
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would hide the default.
+    return MlflowClient(tracking_uri=tracking_uri())
 
 
 def ensure_experiment(client: Any, name: str = DEFAULT_EXPERIMENT) -> str:

@@ -1,0 +1,135 @@
+"""The shared training loop: determinism, resumption, NaN stop, outputs."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from sarnet.errors import ConfigError, TrainingDiverged
+from sarnet.training import TrainConfig, fit, load_state_dict, seed_everything
+
+
+def regression_data(n=96, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, 1, generator=g)
+    return x, x @ w + 0.1 * torch.randn(n, 1, generator=g)
+
+
+def mse(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean(dim=1)
+
+
+def make_model(seed=0):
+    seed_everything(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 1))
+
+
+CONFIG = TrainConfig(epochs=4, batch_size=16, lr=0.01, optimizer="sgd", momentum=0.9, lr_schedule="cosine", seed=3)
+
+
+def run(tmp_path, name, config=CONFIG, **kwargs):
+    model = make_model()
+    history = fit(model, mse, regression_data(), config, tmp_path / f"{name}.ckpt", tmp_path / f"{name}.pt",
+                  test_data=regression_data(seed=1), progress=False, device=torch.device("cpu"), **kwargs)
+    return model, history
+
+
+def test_same_seed_gives_identical_weights_and_losses(tmp_path):
+    a, hist_a = run(tmp_path, "a")
+    b, hist_b = run(tmp_path, "b")
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert [r.train_loss for r in hist_a] == [r.train_loss for r in hist_b]
+
+
+def test_training_reduces_loss_and_writes_outputs(tmp_path):
+    model, history = run(tmp_path, "m", history_path=tmp_path / "hist.csv")
+    assert len(history) == CONFIG.epochs
+    assert history[-1].train_loss < history[0].train_loss
+    assert not (tmp_path / "m.ckpt").exists(), "checkpoint is removed once the final weights exist"
+    rows = list(csv.DictReader((tmp_path / "hist.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) == pytest.approx(history[-1].train_loss, rel=1e-5)
+    reloaded = load_state_dict(make_model(seed=99), tmp_path / "m.pt")
+    x, _ = regression_data()
+    model.eval()
+    assert torch.allclose(reloaded(x), model(x))
+
+
+class StopAfter(Exception):
+    pass
+
+
+class KillAfterEpoch:
+    """A logger that 'kills' the run after a given epoch, as a crash would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.epoch:
+            raise StopAfter
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    full, full_hist = run(tmp_path, "full")
+    with pytest.raises(StopAfter):
+        run(tmp_path, "resumed", logger=KillAfterEpoch(2))
+    assert (tmp_path / "resumed.ckpt").exists()
+    assert not (tmp_path / "resumed.pt").exists()
+    resumed, resumed_hist = run(tmp_path, "resumed")  # same command again
+    assert [r.epoch for r in resumed_hist] == [1, 2, 3, 4]
+    for pa, pb in zip(full.parameters(), resumed.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    assert resumed_hist[-1].train_loss == pytest.approx(full_hist[-1].train_loss, rel=1e-5)
+
+
+def test_checkpoint_of_other_config_is_not_resumed(tmp_path):
+    with pytest.raises(StopAfter):
+        run(tmp_path, "x", logger=KillAfterEpoch(1))
+    other = TrainConfig(epochs=2, batch_size=16, lr=0.02, optimizer="sgd", seed=3)
+    _, history = run(tmp_path, "x", config=other)
+    assert [r.epoch for r in history] == [1, 2]
+
+
+def test_nan_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        losses = mse(model, batch)
+        return losses * float("nan") if calls["n"] > 6 * 2 else losses  # 6 batches/epoch: NaN in epoch 3
+
+    model = make_model()
+    with pytest.raises(TrainingDiverged) as info:
+        fit(model, poisoned, regression_data(), CONFIG, tmp_path / "n.ckpt", tmp_path / "n.pt",
+            progress=False, device=torch.device("cpu"))
+    message = str(info.value)
+    assert "epoch 3" in message and "n.ckpt" in message and "\n" not in message
+    state = torch.load(tmp_path / "n.ckpt", weights_only=True)
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "n.pt").exists()
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(optimizer="lbfgs"),
+                                 dict(reduction="max"), dict(lr_schedule="step")])
+def test_bad_config_is_rejected_before_training(bad):
+    params = dict(epochs=1, batch_size=8, lr=0.1) | bad
+    with pytest.raises(ConfigError):
+        TrainConfig(**params)
+
+
+def test_sum_reduction_scales_gradient_by_batch_size(tmp_path):
+    """'sum' (the VAEs' losses) and 'mean' differ only by the batch size in the gradient step."""
+    x, y = regression_data(n=16)
+    base = dict(epochs=1, batch_size=16, optimizer="sgd", seed=0)
+    a = make_model()
+    fit(a, mse, (x, y), TrainConfig(lr=0.016, reduction="mean", **base), tmp_path / "a.ckpt", tmp_path / "a.pt", progress=False, device=torch.device("cpu"))
+    b = make_model()  # re-seeds, so dropout draws the same masks
+    fit(b, mse, (x, y), TrainConfig(lr=0.001, reduction="sum", **base), tmp_path / "b.ckpt", tmp_path / "b.pt", progress=False, device=torch.device("cpu"))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
