@@ -25,7 +25,8 @@ def main() -> None:
 
     with stage_run("calibrate", params=p, dataset=dataset) as tracker:
         results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"], progress=print)
-        write_json("metrics/calibration.json", {"n_images": n, "seconds": elapsed(), "rows": results})
+        numbers = {key: {k: v for k, v in row.items() if k != "label"} for key, row in results.items()}
+        write_json("metrics/calibration.json", {"n_images": n, "seconds": elapsed(), "rows": numbers})
         write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
         tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()})
         tracker.log_artifact("metrics/calibration.md")

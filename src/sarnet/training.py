@@ -227,7 +227,7 @@ def fit(
             total += float(losses.detach().sum())
             count += len(idx)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / count:.4g}")
+                bar.set_postfix(loss=f"{total / count:.4g}", refresh=False)
         bar.close()
         test_loss = evaluate_loss(model, loss_fn, test_data, config.batch_size * 4, device) if test_data else None
         record = EpochRecord(epoch + 1, total / count, test_loss, time.perf_counter() - started)
