@@ -1,0 +1,61 @@
+"""Stage `train_<kind>[@L]`: SarNET, SarNET VAE or conv VAE on one dataset, through the shared loop.
+
+Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim]
+"""
+
+import torch
+from _stage import elapsed, params, stage
+
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.figures import save_grid
+from sarnet.files import write_json
+from sarnet.models import build_model
+from sarnet.sampling import generate_model_samples
+from sarnet.tracking import stage_run
+from sarnet.training import TrainConfig, fit, seed_everything
+
+
+@stage
+def main(kind: str, latent_dim: str | None = None) -> None:
+    p = params(kind)
+    name = kind if latent_dim is None else f"{kind}_L{latent_dim}"
+    config = TrainConfig.from_params(p)
+    data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
+    limit = p.get("train_limit")  # the CI profile trains on a slice
+    train = (to_unit_tensor(data.train.images[:limit]).flatten(1),)
+    test = (to_unit_tensor(data.test.images).flatten(1),)
+    model_path = f"models/{kind}/{name}.pt"
+    grid_path = f"metrics/samples/{name}.png"
+
+    with stage_run(f"train_{name}", params=p | {"latent_dim": latent_dim}, dataset=p["dataset"],
+                   tags={"model": kind}) as tracker:
+        seed_everything(config.seed)
+        model = build_model(kind, p, latent_dim)
+        history = fit(model, lambda m, batch: m.loss(batch), train, config,
+                      checkpoint_path=f"checkpoints/{name}.pt", final_path=model_path, test_data=test,
+                      history_path=f"metrics/train/{name}_history.csv", logger=tracker)
+        model.cpu().eval()
+        samples = generate_model_samples(kind, model, 100, torch.Generator().manual_seed(config.seed), params("sampling"))
+        save_grid(samples, grid_path)
+        best = min(history, key=lambda r: r.test_loss)
+        metrics = {
+            "final_train_loss": round(history[-1].train_loss, 4),
+            "final_test_loss": round(history[-1].test_loss, 4),
+            "best_test_loss": round(best.test_loss, 4),
+            "best_test_epoch": best.epoch,
+            "epochs": config.epochs,
+            "train_images": len(train[0]),
+            "seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 3),
+            "seconds": elapsed(),
+        }
+        write_json(f"metrics/train/{name}.json", metrics)
+        tracker.log_metrics({k: float(v) for k, v in metrics.items() if k != "epochs"})
+        tracker.log_artifact(model_path, "model")
+        tracker.log_artifact(grid_path, "samples")
+        tracker.log_artifact(f"metrics/train/{name}_history.csv")
+        print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "
+              f"(best test {metrics['best_test_loss']} at epoch {best.epoch}); samples in {grid_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The `sarnet` command line on small models it trains nothing for (random weights suffice)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sarnet.cli import main
+from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.training import save_state_dict
+
+
+@pytest.fixture
+def vae_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "vae.pt"
+    save_state_dict(SarNetVAE(8), path)
+    return path
+
+
+def test_sample_writes_png_grid_and_npz(vae_file, tmp_path):
+    main(["sample", "--model", str(vae_file), "-n", "12", "--nrow", "4", "--out", str(tmp_path / "s.png"),
+          "--npz", str(tmp_path / "s.npz"), "--params", str(tmp_path / "none.yaml")])
+    width, height = Image.open(tmp_path / "s.png").size
+    assert (width, height) == (4 * 30 + 2, 3 * 30 + 2)  # 28-pixel tiles with 2-pixel padding
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (12, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("model", [ConvVAE(4), SarNet()])
+def test_sample_recognises_other_model_kinds(model, tmp_path):
+    save_state_dict(model, tmp_path / "m.pt")
+    main(["sample", "--model", str(tmp_path / "m.pt"), "-n", "3", "--out", str(tmp_path / "m.png"),
+          "--npz", str(tmp_path / "m.npz"), "--params", "params.yaml"])
+    assert np.load(tmp_path / "m.npz")["images"].shape == (3, 28, 28)
+
+
+def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([5, 3, 5, 5, 1, 5], dtype=np.uint8)
+    with open(tmp_path / "d.npz", "wb") as fh:
+        np.savez(fh, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
+    main(["inpaint", "--model", str(vae_file), "--data", str(tmp_path / "d.npz"), "--digit", "5", "--index", "0", "2",
+          "--keep-patches", "21", "--n-styles", "3", "--out", str(tmp_path / "i.png"), "--npz", str(tmp_path / "i.npz")])
+    rows = np.load(tmp_path / "i.npz")["images"]  # (2, 2 + styles, 28, 28): original, kept part, completions
+    assert rows.shape == (2, 5, 28, 28)
+    fives = images[labels == 5][[0, 2]] / 255.0
+    np.testing.assert_array_equal(rows[:, 0], fives.astype(np.float32))
+    for style in range(2, 5):  # 21 patches = the first three patch rows = pixel rows 0..11
+        np.testing.assert_array_equal(rows[:, style, :12], rows[:, 0, :12])
+    assert (rows[:, 1, 12:] == 0).all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--model", "no/such/model.pt"], "no such model file"),
+    (["sample", "--model", "VAE", "-n", "0"], "-n must be >= 1"),
+    (["inpaint", "--model", "VAE", "--keep-patches", "0"], "--keep-patches must be in 1..49"),
+])
+def test_bad_input_gives_one_line_error(argv, message, vae_file, capsys):
+    argv = [str(vae_file) if a == "VAE" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err

@@ -1,0 +1,123 @@
+"""Generative XGBoost: patch layout, autoregressive features, determinism, persistence, bad params."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sarnet.errors import ConfigError
+from sarnet.gen_xgboost import (GenerativeXGBoost, GenXGBConfig, feature_table, from_patches, patch_permutation,
+                                predictor_width, to_patches)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+
+def real_or_synthetic_images(n=300):
+    """MNIST test images when the offline copy is there, else smooth random blobs."""
+    if SHARED.is_file():
+        import gzip
+        raw = gzip.decompress(SHARED.read_bytes())
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n].astype(np.float32) / 255.0
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:28, :28]
+    centres = rng.uniform(8, 20, (n, 2))
+    return np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 20).astype(np.float32)
+
+
+def test_permutation_matches_thesis_layout():
+    """Thesis eq. 3.2 (1-based): p1, p2, p29, p30 form the first 2×2 patch; the second starts at p3."""
+    order = patch_permutation(2) + 1
+    assert order[:8].tolist() == [1, 2, 29, 30, 3, 4, 31, 32]
+    assert order[-4:].tolist() == [755, 756, 783, 784]
+    assert sorted(order.tolist()) == list(range(1, 785))
+
+
+@pytest.mark.parametrize("patch", [1, 2, 4, 7, 14])
+def test_patches_round_trip_on_real_images(patch):
+    images = real_or_synthetic_images(50)
+    patches = to_patches(images, patch)
+    assert patches.shape == (50, (28 // patch) ** 2, patch * patch)
+    np.testing.assert_array_equal(from_patches(patches, patch), images)
+    # patch k holds exactly the pixels of its square
+    grid = 28 // patch
+    k_row, k_col = 1, min(2, grid - 1)
+    k = k_row * grid + k_col
+    square = images[:, k_row * patch : (k_row + 1) * patch, k_col * patch : (k_col + 1) * patch].reshape(50, -1)
+    np.testing.assert_array_equal(patches[:, k], square)
+
+
+def test_features_of_patch_i_are_pixels_and_means_of_earlier_patches():
+    images = real_or_synthetic_images(5)
+    patches = to_patches(images, 2)
+    table = feature_table(patches)
+    i = 37
+    x = table[:, : predictor_width(i, 4)].reshape(5, i, 5)
+    np.testing.assert_allclose(x[:, :, :4], patches[:, :i])
+    np.testing.assert_allclose(x[:, :, 4], patches[:, :i].mean(axis=2), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    config = GenXGBConfig(patch=7, predictor_trees=4, predictor_depth=3, refiner_trees=3, refiner_depth=2, seed=3,
+                          i_max=10)
+    model = GenerativeXGBoost(config)
+    model.fit(real_or_synthetic_images())
+    return model
+
+
+def test_prediction_for_patch_i_ignores_patches_at_or_after_i(small_model):
+    """Reconstruction from the first k patches must not depend on what the input held at patches >= k."""
+    images = real_or_synthetic_images(20)
+    keep = 6
+    other = to_patches(images.copy(), 7)
+    other[:, keep:] = np.random.default_rng(1).random(other[:, keep:].shape)
+    changed = from_patches(other, 7)
+    assert not np.array_equal(changed, images)
+    np.testing.assert_array_equal(small_model.reconstruct(changed, keep), small_model.reconstruct(images, keep))
+    # ... and it does depend on the kept ones (the test is not vacuous)
+    earlier = to_patches(images.copy(), 7)
+    earlier[:, keep - 1] = 1.0
+    assert not np.array_equal(small_model.reconstruct(from_patches(earlier, 7), keep), small_model.reconstruct(images, keep))
+
+
+def test_reconstruction_keeps_given_patches(small_model):
+    images = real_or_synthetic_images(8)
+    out = small_model.reconstruct(images, 5)
+    np.testing.assert_array_equal(to_patches(out, 7)[:, :5], to_patches(images, 7)[:, :5])
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_same_seed_same_images(small_model):
+    a = small_model.generate(64, seed=5)
+    b = small_model.generate(64, seed=5)
+    c = small_model.generate(64, seed=6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.shape == (64, 28, 28) and a.min() >= 0 and a.max() <= 1
+    # batching does not change the images
+    np.testing.assert_array_equal(small_model.generate(64, seed=5, batch_size=64), a)
+
+
+def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp_path):
+    small_model.save(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len([f for f in files if f.startswith("predictor_")]) == 15
+    assert len([f for f in files if f.startswith("refiner_")]) == 16
+    assert all(f.endswith(".ubj") or f == "config.json" for f in files)
+    assert (tmp_path / "predictor_001.ubj").read_bytes()[:1] == b"{"  # UBJSON object, not a pickle
+    loaded = GenerativeXGBoost.load(tmp_path)
+    images = real_or_synthetic_images(10)
+    np.testing.assert_array_equal(loaded.reconstruct(images, 3), small_model.reconstruct(images, 3))
+    np.testing.assert_array_equal(loaded.generate(10, seed=1), small_model.generate(10, seed=1))
+
+
+@pytest.mark.parametrize("bad", [dict(patch=3), dict(patch=5), dict(predictor_trees=-1), dict(refiner_trees=0),
+                                 dict(predictor_depth=0), dict(multi_strategy="both"), dict(learning_rate=0)])
+def test_bad_params_fail_before_training(bad):
+    with pytest.raises(ConfigError):
+        GenXGBConfig(**bad)
+
+
+def test_untrained_model_refuses_to_generate():
+    with pytest.raises(ConfigError):
+        GenerativeXGBoost(GenXGBConfig()).generate(2, seed=0)

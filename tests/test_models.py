@@ -1,0 +1,305 @@
+"""Whole models: autoregressive property through gradients, shapes, losses, quantisation, errors.
+
+Patch membership and the expected connectivity are rebuilt here with plain Python loops; losses
+are recomputed from their textbook formulas.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+
+from sarnet.errors import ConfigError
+from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.semidense import SemiDense
+
+N_PATCHES = 49  # 28×28 images in 4×4 patches
+
+
+def unit_patches(channels, size=28, patch=4):
+    """Patch of every unit u = c·size² + r·size + col: (r // patch)·grid + (col // patch)."""
+    grid = size // patch
+    out = []
+    for u in range(channels * size * size):
+        r = (u % (size * size)) // size
+        col = u % size
+        out.append((r // patch) * grid + (col // patch))
+    return torch.tensor(out)
+
+
+def model_may_see(o, k):
+    """A whole SarNET: output patch 0 sees input patch 0 only; output patch o >= 1 sees patches 0..o−1."""
+    return k == 0 if o == 0 else k < o
+
+
+def expected_connectivity(out_patches, in_patches):
+    table = torch.zeros(N_PATCHES, N_PATCHES, dtype=torch.bool)
+    for o in range(N_PATCHES):
+        for k in range(N_PATCHES):
+            table[o, k] = model_may_see(o, k)
+    return table[out_patches][:, in_patches]
+
+
+def positive_weights(module, seed=0):
+    """Every SemiDense weight in [0.5, 1]/fan_in and bias in [0, 0.1]: with positive inputs all ReLUs stay
+    active and no sigmoid saturates, so the gradient is > 0 exactly where a path through the masks exists."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, SemiDense):
+                m.weight.copy_((0.5 + 0.5 * torch.rand(m.weight.shape, generator=g)) / m.weight.shape[1])
+                m.bias.copy_(0.1 * torch.rand(m.bias.shape, generator=g))
+
+
+def batch_jacobian(f, x):
+    """(out_units, B, in_units) -> per-sample Jacobians d f(x)_b / d x_b stacked as (B, out, in)."""
+    j = torch.autograd.functional.jacobian(lambda a: f(a).sum(0), x, vectorize=True)
+    return j.permute(1, 0, 2)
+
+
+def regression_model():
+    torch.manual_seed(0)
+    return SarNet().double()
+
+
+def classification_stack():
+    torch.manual_seed(1)
+    return SarNet(classes=4).double().stack
+
+
+def vae_decoder():
+    torch.manual_seed(2)
+    return SarNetVAE(latent_dim=8).double().decoder
+
+
+# ---------------------------------------------------------------- autoregressive property (full Jacobians)
+
+def _check_full_jacobian(f, channels, x, exact_structure):
+    j = batch_jacobian(f, x)  # (B, out, in)
+    allowed = expected_connectivity(unit_patches(channels), unit_patches(channels))
+    assert (j[:, ~allowed] == 0.0).all(), "an output patch depends on an input patch >= itself"
+    if exact_structure:
+        assert (j[:, allowed] > 0.0).all()
+    else:
+        # aggregate: output patch o >= 1 has some non-zero gradient towards earlier patches
+        out_p, in_p = unit_patches(channels), unit_patches(channels)
+        agg = j.abs().sum(0)
+        for o in range(1, N_PATCHES):
+            assert agg[out_p == o][:, in_p < o].sum() > 0, o
+        assert agg[out_p == 0][:, in_p == 0].sum() > 0
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["default_init", "positive_weights"])
+def test_sarnet_regression_autoregressive(exact):
+    model = regression_model()
+    if exact:
+        positive_weights(model)
+    x = torch.rand(4, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    _check_full_jacobian(model, 1, x, exact)
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["default_init", "positive_weights"])
+def test_vae_decoder_autoregressive_and_sees_z(exact):
+    decoder = vae_decoder()
+    if exact:
+        positive_weights(decoder)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(4, 784, dtype=torch.float64, generator=g)
+    z = torch.randn(4, 8, dtype=torch.float64, generator=g)
+    if exact:
+        z = z.abs()
+    _check_full_jacobian(lambda a: decoder(a, z), 1, x, exact)
+    jz = batch_jacobian(lambda b: decoder(x, b), z)  # (B, 784, 8)
+    out_p = unit_patches(1)
+    for o in range(N_PATCHES):
+        assert jz[:, out_p == o].abs().sum() > 0, f"output patch {o} ignores z"
+    if exact:
+        assert (jz > 0).all()
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["default_init", "positive_weights"])
+def test_classification_stack_autoregressive(exact):
+    """4 one-hot channels: per-output-patch vector-Jacobian products with random projections."""
+    stack = classification_stack()
+    if exact:
+        positive_weights(stack)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 4 * 784, dtype=torch.float64, generator=g).requires_grad_(True)
+    out = stack(x)
+    assert out.shape == (3, 4 * 784)
+    out_p, in_p = unit_patches(4), unit_patches(4)
+    for o in range(N_PATCHES):
+        v = torch.rand(3, int((out_p == o).sum()), dtype=torch.float64, generator=g) + 0.5  # positive projection
+        (grad,) = torch.autograd.grad(out[:, out_p == o], x, v, retain_graph=True)
+        forbidden = torch.tensor([not model_may_see(o, int(k)) for k in in_p])
+        assert (grad[:, forbidden] == 0.0).all(), f"output patch {o} sees a forbidden input patch"
+        if exact:
+            assert (grad[:, ~forbidden] > 0.0).all(), o
+        else:
+            assert grad[:, ~forbidden].abs().sum() > 0, o
+
+
+def test_sarnet_classification_forward_is_stack_of_one_hot():
+    torch.manual_seed(6)
+    model = SarNet(classes=4)
+    x = torch.randint(0, 256, (3, 784)).float() / 255
+    classes = torch.div((x * 255).round().long(), 64, rounding_mode="floor")
+    one_hot = torch.cat([(classes == c).float() for c in range(4)], dim=1)  # channel-major
+    out = model(x)
+    assert out.shape == (3, 4, 784)
+    torch.testing.assert_close(out, model.stack(one_hot).view(3, 4, 784))
+
+
+# ---------------------------------------------------------------- shapes and ranges
+
+@pytest.mark.parametrize("cls,latent", [(SarNetVAE, 8), (SarNetVAE, 32), (ConvVAE, 8), (ConvVAE, 16)])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_vae_forward_shapes_and_range(cls, latent, training):
+    torch.manual_seed(7)
+    model = cls(latent).train(training)
+    x = torch.rand(5, 784)
+    recon, mu, logvar = model(x)
+    assert recon.shape == (5, 784)
+    assert mu.shape == (5, latent) and logvar.shape == (5, latent)
+    assert ((recon >= 0) & (recon <= 1)).all()
+    assert torch.isfinite(mu).all() and torch.isfinite(logvar).all()
+
+
+@pytest.mark.parametrize("cls", [SarNetVAE, ConvVAE])
+def test_vae_eval_deterministic_train_stochastic(cls):
+    torch.manual_seed(8)
+    model = cls(8)
+    x = torch.rand(4, 784)
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+
+
+def test_sarnet_forward_shapes():
+    x = torch.rand(3, 784)
+    assert SarNet(classes=4)(x).shape == (3, 4, 784)
+    assert SarNet()(x).shape == (3, 784)
+
+
+# ---------------------------------------------------------------- losses
+
+def reference_vae_loss(x, recon, mu, logvar):
+    bce = -(x * torch.log(recon) + (1 - x) * torch.log(1 - recon)).sum(dim=1)
+    kl = -0.5 * (1 + logvar - mu**2 - torch.exp(logvar)).sum(dim=1)
+    return bce + kl
+
+
+def test_sarnet_vae_loss_matches_independent_formula():
+    torch.manual_seed(9)
+    model = SarNetVAE(8).double().eval()
+    x = torch.rand(6, 784, dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encoder(x)
+        recon = model.decoder(x, mu)  # eval: z = mu, teacher forcing with x
+        loss = model.loss((x,))
+    assert loss.shape == (6,)
+    torch.testing.assert_close(loss, reference_vae_loss(x, recon, mu, logvar), rtol=1e-9, atol=1e-9)
+
+
+def test_conv_vae_loss_matches_independent_formula():
+    torch.manual_seed(10)
+    model = ConvVAE(8).double().eval()
+    x = torch.rand(6, 784, dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encoder(x)
+        recon = model.decode(None, mu)
+        loss = model.loss((x,))
+    torch.testing.assert_close(loss, reference_vae_loss(x, recon, mu, logvar), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", [SarNetVAE, ConvVAE])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_vae_loss_per_sample_finite_nonnegative(cls, training):
+    torch.manual_seed(11)
+    model = cls(8).train(training)
+    x = (torch.rand(5, 784) > 0.5).float()  # binary pixels: BCE is then a proper non-negative NLL
+    loss = model.loss((x,))
+    assert loss.shape == (5,)
+    assert torch.isfinite(loss).all()
+    assert (loss >= 0).all()
+    x = torch.rand(5, 784)
+    loss = model.loss((x,))
+    assert loss.shape == (5,) and torch.isfinite(loss).all() and (loss >= 0).all()
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_sarnet_regression_loss_matches_independent_formula(power):
+    torch.manual_seed(12)
+    model = SarNet(loss_power=power).double()
+    with torch.no_grad():  # outputs near the data, so SSIM is not trivially ~0
+        model.stack.layers[-1].bias.add_(0.3)
+    x = torch.rand(4, 784, dtype=torch.float64)
+    with torch.no_grad():
+        out = model.stack(x)
+        loss = model.loss((x,))
+        s = ssim(out.view(4, 1, 28, 28), x.view(4, 1, 28, 28), data_range=1, size_average=False)
+    expected = (out - x).abs().pow(power).mean(dim=1) + (1 - s)
+    assert loss.shape == (4,)
+    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_sarnet_regression_loss_of_identity_output_is_zero_part():
+    """Sanity of the reference: if the output equalled x, both terms would vanish."""
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    assert torch.allclose(ssim(x, x, data_range=1, size_average=False), torch.ones(2, dtype=torch.float64))
+
+
+def test_sarnet_classification_loss_is_mean_cross_entropy():
+    torch.manual_seed(13)
+    model = SarNet(classes=4)
+    k = torch.randint(0, 256, (3, 784))
+    x = k.float() / 255
+    with torch.no_grad():
+        logits = model(x)  # (B, 4, 784)
+        loss = model.loss((x,))
+    target = k // 64
+    logp = torch.log_softmax(logits, dim=1)
+    expected = -logp.gather(1, target[:, None, :]).squeeze(1).mean(dim=1)
+    assert loss.shape == (3,)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sarnet_classification_works_in_double():
+    """Like every other model, a classification SarNET converted with .double() must run forward and loss."""
+    torch.manual_seed(14)
+    model = SarNet(classes=4)
+    x = torch.randint(0, 256, (3, 784)).float() / 255
+    with torch.no_grad():
+        ref = model(x)
+        model.double()
+        out = model(x.double())
+        loss = model.loss((x.double(),))
+    assert out.dtype == torch.float64 and loss.dtype == torch.float64
+    torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- quantisation
+
+@pytest.mark.parametrize("classes", [2, 4, 8])
+def test_quantise_matches_floor_formula(classes):
+    model = SarNet(classes=classes)
+    x = torch.tensor([k / 255 for k in range(256)], dtype=torch.float32)
+    expected = torch.tensor([(k * 255 // 255) // (256 // classes) for k in range(256)])
+    got = model.quantise(x)
+    assert torch.equal(got.long(), expected)
+    assert got.min() == 0 and got.max() == classes - 1
+
+
+# ---------------------------------------------------------------- constructor errors
+
+@pytest.mark.parametrize("make", [
+    lambda: SarNetVAE(latent_dim=0),
+    lambda: SarNetVAE(latent_dim=-3),
+    lambda: ConvVAE(latent_dim=0),
+    lambda: SarNet(classes=1),
+    lambda: SarNet(classes=-2),
+], ids=["sarnetvae_L0", "sarnetvae_Lneg", "convvae_L0", "sarnet_c1", "sarnet_cneg"])
+def test_bad_constructor_args_raise(make):
+    with pytest.raises(ConfigError):
+        make()
