@@ -10,22 +10,12 @@ import torch
 from sarnet import sampling
 from sarnet.errors import ConfigError
 from sarnet.models import SarNet, SarNetVAE
+from reference import unit_patches
 
 THRESHOLD = 0.105
 
 
-def unit_patches(channels=1, size=28, patch=4):
-    """Patch of every unit u = c·size² + r·size + col: (r // patch)·grid + (col // patch)."""
-    grid = size // patch
-    out = []
-    for u in range(channels * size * size):
-        r = (u % (size * size)) // size
-        col = u % size
-        out.append((r // patch) * grid + (col // patch))
-    return torch.tensor(out)
-
-
-PATCH = unit_patches()
+PATCH = torch.tensor(unit_patches())
 
 
 def spread_vae(latent_dim, seed=0):

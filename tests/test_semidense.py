@@ -11,19 +11,10 @@ import torch
 
 from sarnet.errors import ConfigError
 from sarnet.semidense import SemiDense
+from reference import unit_patches
 
 
 # ---------------------------------------------------------------- independent references
-
-def unit_patches(channels, size, patch):
-    """Patch of every unit u = c·size² + r·size + col: (r // patch)·grid + (col // patch)."""
-    grid = size // patch
-    out = []
-    for u in range(channels * size * size):
-        r = (u % (size * size)) // size
-        col = u % size
-        out.append((r // patch) * grid + (col // patch))
-    return out
 
 
 def may_see(o, k, first):
