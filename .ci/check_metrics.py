@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-DATASETS = yaml.safe_load(Path("params.yaml").read_text())["prepare"]["datasets"]
+PARAMS = yaml.safe_load(Path("params.yaml").read_text())
+DATASETS = PARAMS["prepare"]["datasets"]
 problems: list[str] = []
 
 
@@ -52,7 +53,26 @@ table = [line for line in Path("metrics/calibration.md").read_text().splitlines(
 if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")
 
+models = ["sarnet"] + [f"{kind}_L{L}" for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]]
+for name in models:
+    path = f"metrics/train/{name}.json"
+    m = load_json(path)
+    for key in ("final_train_loss", "final_test_loss", "seconds_per_epoch"):
+        finite(path, key, m.get(key))
+    history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
+    if len(history) != PARAMS[name.split("_L")[0]]["epochs"]:
+        problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {PARAMS[name.split('_L')[0]]['epochs']}")
+    if not Path(f"metrics/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
+        problems.append(f"metrics/samples/{name}.png: not a PNG")
+
+path = "metrics/gen_xgboost.json"
+m = load_json(path)
+for key in ("train_seconds", "generation_images_per_second", "reconstruction_mae"):
+    finite(path, key, m.get(key))
+if m.get("models") != 391 and PARAMS["gen_xgboost"]["patch"] == 2:
+    problems.append(f"{path}: {m.get('models')} models, expected 391 for 2×2 patches")
+
 if problems:
     print("metrics check failed:\n  " + "\n  ".join(problems))
     sys.exit(1)
-print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows")
+print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(models)} trained generators, generative XGBoost")
