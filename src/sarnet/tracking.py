@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,11 @@ class Tracker:
     def enabled(self) -> bool:
         return self._client is not None and self.run_id is not None
 
-    def _call(self, what: str, fn, *args, **kwargs) -> None:
+    def _call(self, what: str, fn: Callable[[], Any]) -> None:
         if not self.enabled:
             return
         try:
-            fn(*args, **kwargs)
+            fn()
         except Exception as exc:  # any tracking failure must not stop the stage
             _warn(f"MLflow {what} failed ({type(exc).__name__}: {str(exc)[:200]}); continuing without tracking")
             self._client = None
@@ -96,27 +96,27 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = flatten(params)
-        items = [Param(k, v[:6000]) for k, v in flat.items()]
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self._call("log_params", self._client.log_batch, self.run_id, params=items[i : i + 100]) if self.enabled else None
+            batch = items[i : i + 100]
+            self._call("log_params", lambda: self._client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self._call("log_metrics", self._client.log_batch, self.run_id, metrics=items) if self.enabled else None
+        self._call("log_metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._call("set_tags", self._client.log_batch, self.run_id, tags=items) if self.enabled else None
+        self._call("set_tags", lambda: self._client.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if self.enabled and Path(path).exists():
-            self._call("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+        if Path(path).exists():
+            self._call("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
 
 def _warn(message: str) -> None:
@@ -186,5 +186,4 @@ def stage_run(
         yield tracker
         status = "FINISHED"
     finally:
-        if tracker.enabled:
-            tracker._call("set_terminated", tracker._client.set_terminated, tracker.run_id, status)
+        tracker._call("set_terminated", lambda: tracker._client.set_terminated(tracker.run_id, status))
