@@ -53,7 +53,8 @@ def _load_generator(path: str, params_file: str):
     all_params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
     params = dict(all_params.get(kind, {}))
     if kind == "sarnet":
-        params["classes"] = state["stack.layers.0.mask"].shape[1] // 784 if state["stack.layers.0.mask"].shape[1] > 784 else 0
+        channels = state["stack.layers.0.mask"].shape[1] // 784  # input channels: 1 (regression) or C classes
+        params["classes"] = channels if channels > 1 else 0
     latent_dim = state["encoder.mu.weight"].shape[0] if "encoder.mu.weight" in state else None
     model = build_model(kind, params, latent_dim)
     try:
