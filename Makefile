@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test]"
 	touch $(STAMP)
 
-# The main job: rebuild every result of dvc.yaml (data, classifiers, calibration, ...).
+# The main job: rebuild every result of dvc.yaml (data, models, FID table), each stage's
+# MLflow run grouped under one parent run per execution.
 repro: setup
 	@git rev-parse HEAD >/dev/null 2>&1 || { echo "error: DVC needs a git repository with at least one commit"; exit 1; }
-	$(BIN)/sarnet init-tracking
-	$(BIN)/dvc repro
+	$(BIN)/sarnet repro
 
 test: setup
 	$(BIN)/python -m pytest

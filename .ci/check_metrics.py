@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -72,7 +73,63 @@ for key in ("train_seconds", "generation_images_per_second", "reconstruction_mae
 if m.get("models") != 391 and PARAMS["gen_xgboost"]["patch"] == 2:
     problems.append(f"{path}: {m.get('models')} models, expected 391 for 2×2 patches")
 
+# The FID table: one evaluation per generator, with the protocol's number of sets ...
+evaluate = PARAMS["evaluate"]
+evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
+             for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
+evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
+fid = {}
+for name, sets in evaluated.items():
+    path = f"metrics/fid/{name}.json"
+    m = fid[name] = load_json(path)
+    fids = m.get("fids", [])
+    if m.get("sets") != sets or len(fids) != sets:
+        problems.append(f"{path}: {len(fids)} per-set FIDs (sets={m.get('sets')}), params say {sets}")
+    for i, value in enumerate(fids):
+        finite(path, f"fids[{i}]", value)
+    finite(path, "mean", m.get("mean"))
+    if fids and abs(sum(fids) / len(fids) - m.get("mean", math.nan)) > 1e-4:
+        problems.append(f"{path}: mean {m.get('mean')} is not the mean of its per-set FIDs")
+    if not Path(f"metrics/fid/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
+        problems.append(f"metrics/fid/samples/{name}.png: not a PNG")
+
+# ... and the Markdown table shows exactly those numbers: "mean ± std (sets)" in every row.
+cell = re.compile(r"(\d+\.\d{3}) ± (\d+\.\d{3}) \((\d+)\)")
+table = Path("metrics/fid_table.md").read_text()
+latent_rows = {int(line.split("|")[1]): line for line in table.splitlines() if re.match(r"\| \d+ \|", line)}
+if sorted(latent_rows) != sorted(PARAMS["latent_dims"]):
+    problems.append(f"metrics/fid_table.md: rows for L = {sorted(latent_rows)}, params say {sorted(PARAMS['latent_dims'])}")
+shown = {}
+for L, line in latent_rows.items():
+    found = cell.findall(line)
+    if len(found) != 2:
+        problems.append(f"metrics/fid_table.md: L = {L} row has {len(found)} parsable results, expected 2: {line}")
+        continue
+    shown[f"sarnet_vae_L{L}"], shown[f"conv_vae_L{L}"] = found
+for name, label in (("sarnet", "simple SarNET"), ("gen_xgboost", "generative XGBoost")):
+    line = next((l for l in table.splitlines() if l.startswith(f"| {label} |")), "")
+    found = cell.findall(line)
+    if len(found) != 1:
+        problems.append(f"metrics/fid_table.md: no parsable row for {label}")
+    else:
+        shown[name] = found[0]
+for name, (mean, std, sets) in shown.items():
+    m = fid.get(name, {})
+    if (float(mean), float(std), int(sets)) != (round(m.get("mean", math.nan), 3), round(m.get("std", math.nan), 3), m.get("sets")):
+        problems.append(f"metrics/fid_table.md: {name} shows {mean} ± {std} ({sets}), metrics/fid/{name}.json says "
+                        f"{m.get('mean')} ± {m.get('std')} ({m.get('sets')})")
+set_rows = list(csv.DictReader(open("metrics/fid_sets.csv")))
+if len(set_rows) != sum(evaluated.values()):
+    problems.append(f"metrics/fid_sets.csv: {len(set_rows)} rows, expected {sum(evaluated.values())}")
+if not Path("metrics/fid_vs_latent.png").read_bytes().startswith(b"\x89PNG"):
+    problems.append("metrics/fid_vs_latent.png: not a PNG")
+wall = load_json("metrics/wall_time.json")
+finite("metrics/wall_time.json", "total_seconds", wall.get("total_seconds"))
+if not any(stage.startswith("fid/") for stage in wall.get("stages", {})):
+    problems.append("metrics/wall_time.json: no evaluation stage recorded")
+
 if problems:
     print("metrics check failed:\n  " + "\n  ".join(problems))
     sys.exit(1)
-print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(models)} trained generators, generative XGBoost")
+print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(models)} trained generators, generative XGBoost, "
+      f"FID table of {len(evaluated)} generators ({sum(evaluated.values())} sets)")

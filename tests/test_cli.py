@@ -64,3 +64,64 @@ def test_bad_input_gives_one_line_error(argv, message, vae_file, capsys):
     assert info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([5, 4, 5, 3, 4, 5], dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as fh:
+        np.savez(fh, train_images=images, train_labels=labels, test_images=images, test_labels=labels)
+    return path, images, labels
+
+
+@pytest.mark.parametrize("model", [SarNetVAE(4), SarNet()], ids=["sarnet_vae", "sarnet"])
+def test_explain_writes_one_overlay_per_target(model, data_file, tmp_path):
+    path, images, labels = data_file
+    save_state_dict(model, tmp_path / "m.pt")
+    main(["explain", "--model", str(tmp_path / "m.pt"), "--data", str(path), "--digit", "5", "--index", "1",
+          "--targets", "20", "27", "33", "--out", str(tmp_path / "e.png"), "--npz", str(tmp_path / "e.npz"),
+          "--params", str(tmp_path / "none.yaml")])
+    width, height = Image.open(tmp_path / "e.png").size
+    assert (width, height) == (3 * (4 * 28 + 2) + 2, 4 * 28 + 2 + 2)  # ×4 tiles in one row, 2-pixel padding
+    saved = np.load(tmp_path / "e.npz")
+    assert saved["importance"].shape == (3, 49) and saved["targets"].tolist() == [20, 27, 33]
+    np.testing.assert_array_equal(saved["image"], (images[labels == 5][1] / 255.0).astype(np.float32))
+    for row, target in zip(saved["importance"], (20, 27, 33)):
+        assert (row[target:] == 0).all() and (row[:target] > 0).any()
+
+
+def test_interpolate_writes_the_path_between_two_labels(vae_file, data_file, tmp_path):
+    path, images, _ = data_file
+    main(["interpolate", "--model", str(vae_file), "--data", str(path), "--pair", "4", "3", "--steps", "6",
+          "--out", str(tmp_path / "p.png"), "--npz", str(tmp_path / "p.npz"), "--params", str(tmp_path / "none.yaml")])
+    width, height = Image.open(tmp_path / "p.png").size
+    assert (width, height) == (8 * 30 + 2, 30 + 2)  # original A, 6 steps, original B
+    saved = np.load(tmp_path / "p.npz")
+    assert saved["images"].shape == (6, 28, 28) and saved["test_index"].tolist() == [1, 3]  # first 4, first 3
+    np.testing.assert_array_equal(saved["originals"], (images[[1, 3]] / 255.0).astype(np.float32))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "--model", "VAE", "--data", "DATA", "--targets", "20", "49"], "target patch 49 is outside the 7×7 grid (0..48)"),
+    (["explain", "--model", "CONV", "--data", "DATA"], "patch importance needs a SarNET or SarNET VAE, this is a conv_vae"),
+    (["explain", "--model", "VAE", "--data", "no/such/data.npz"], "prepared data missing"),
+    (["explain", "--model", "VAE", "--data", "DATA", "--index", "3"], "--index must be in 0..2"),
+    (["interpolate", "--model", "CONV", "--data", "DATA"], "interpolation needs a SarNET VAE, this is a conv_vae"),
+    (["interpolate", "--model", "VAE", "--data", "DATA", "--steps", "1"], "--steps must be >= 2"),
+    (["interpolate", "--model", "VAE", "--data", "DATA", "--pair", "4", "7"], "no test image with label 7"),
+    (["interpolate", "--model", "VAE", "--data", "DATA", "--digit", "5", "--pair", "4", "5"], "leave --digit at -1"),
+    (["interpolate", "--model", "VAE", "--data", "no/such/data.npz"], "prepared data missing"),
+])
+def test_explain_and_interpolate_bad_input_gives_one_line_error(argv, message, vae_file, data_file, tmp_path, capsys):
+    save_state_dict(ConvVAE(4), tmp_path / "conv.pt")
+    names = {"VAE": str(vae_file), "CONV": str(tmp_path / "conv.pt"), "DATA": str(data_file[0])}
+    argv = [names.get(a, a) for a in argv] + ["--out", str(tmp_path / "x.png"), "--params", str(tmp_path / "none.yaml")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

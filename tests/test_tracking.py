@@ -1,5 +1,6 @@
 """MLflow tracking: what a run records, and that tracking never costs a result."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,30 @@ def test_unwritable_sqlite_store_warns(isolated_store, monkeypatch, capsys):
         pass
     assert not tracker.enabled
     assert "warning:" in capsys.readouterr().err
+
+
+def test_sarnet_repro_passes_options_to_dvc_under_one_parent_run(isolated_store, monkeypatch):
+    """`sarnet repro -f stage` runs `dvc repro -f stage` with the parent run's id exported, and
+    exits with dvc's status, recorded on the parent run."""
+    from sarnet.cli import main
+    from sarnet.tracking import PARENT_RUN_ENV
+
+    bin_dir = isolated_store / "bin"
+    bin_dir.mkdir()
+    fake_dvc = bin_dir / "dvc"
+    fake_dvc.write_text(f'#!/bin/sh\necho "$* parent=${PARENT_RUN_ENV}" > "{isolated_store}/dvc_call"\nexit 3\n')
+    fake_dvc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["repro", "-f", "fid_table"])
+    assert exit_info.value.code == 3
+    args, parent = (isolated_store / "dvc_call").read_text().strip().split(" parent=")
+    assert args == "repro -f fid_table"
+    assert PARENT_RUN_ENV not in os.environ  # restored after the block
+
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri()).get_run(parent)
+    assert run.data.tags["dvc.exit_status"] == "3"

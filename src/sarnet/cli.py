@@ -16,6 +16,29 @@ def _init_tracking(args: argparse.Namespace) -> None:
     print(f"MLflow store {tracking_uri()}: experiment {args.experiment!r} (id {experiment_id}) ready")
 
 
+def _repro(args: argparse.Namespace) -> None:
+    """`dvc repro` under one MLflow parent run, so this execution's stage runs are grouped."""
+    import shutil
+    import subprocess
+    from datetime import datetime, timezone
+
+    from sarnet.tracking import init_store, pipeline_run
+
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise SarnetError("dvc is not on PATH; run `make repro` (it installs the pinned tools into .venv)")
+    init_store()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with pipeline_run(f"dvc repro {started}") as parent:
+        status = subprocess.run([dvc, "repro", *args.dvc_args]).returncode
+        for artifact in ("dvc.lock", "metrics/fid_table.md", "metrics/wall_time.json"):
+            parent.log_artifact(artifact)
+        if status != 0:
+            parent.set_tags({"dvc.exit_status": status})
+    if status != 0:
+        sys.exit(status)
+
+
 def _ui(args: argparse.Namespace) -> None:
     from sarnet.tracking import init_store, tracking_uri
 
@@ -96,6 +119,7 @@ def _inpaint(args: argparse.Namespace) -> None:
     import torch
 
     from sarnet.data import load_prepared, to_unit_tensor
+    from sarnet.explain import inpainting_rows
     from sarnet.models import SarNetVAE
 
     kind, model, sampling = _load_generator(args.model, args.params)
@@ -110,12 +134,91 @@ def _inpaint(args: argparse.Namespace) -> None:
     if any(not 0 <= i < len(test.images) for i in args.index):
         raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
     images = to_unit_tensor(test.images[args.index])
-    completed = model.inpaint(images, keep, styles, torch.Generator().manual_seed(args.seed),
-                              z_scale=settings["z_scale"], threshold=settings["threshold"])
-    kept = images.flatten(1).clone()
-    kept[:, model.decoder.layers[0].in_patch_index >= keep] = 0
-    rows = torch.cat([images[:, None], kept.view(-1, 1, 28, 28), completed], dim=1)  # original, kept part, styles
-    _save_outputs(rows, args.out, args.npz, nrow=styles + 2)
+    rows = inpainting_rows(model, images, keep, styles, torch.Generator().manual_seed(args.seed),
+                           z_scale=settings["z_scale"], threshold=settings["threshold"])
+    _save_outputs(rows, args.out, args.npz, nrow=styles + 2)  # per row: original, kept part, styles
+
+
+def _test_images(path: str, digit: int):
+    """The test split of a prepared dataset (digit < 0: every class)."""
+    from sarnet.data import load_prepared
+
+    return load_prepared(path, digit=None if digit < 0 else digit).test
+
+
+def _explain(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from sarnet.data import to_unit_tensor
+    from sarnet.explain import check_target_patch, importance_figure
+    from sarnet.figures import save_rgb_grid
+    from sarnet.files import atomic_path
+    from sarnet.models import SarNet, SarNetVAE
+
+    kind, model, _ = _load_generator(args.model, args.params)
+    if not isinstance(model, (SarNetVAE, SarNet)):
+        raise SarnetError(f"{args.model}: patch importance needs a SarNET or SarNET VAE, this is a {kind}")
+    n_patches = model.decoder.n_patches if isinstance(model, SarNetVAE) else model.stack.n_patches
+    for target in args.targets:  # checked before the data is read, so a typo fails fast
+        check_target_patch(target, n_patches)
+    if args.k < 1:
+        raise SarnetError(f"--k must be >= 1, got {args.k}")
+    test = _test_images(args.data, args.digit)
+    if not 0 <= args.index < len(test.images):
+        raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
+    image = to_unit_tensor(test.images[args.index : args.index + 1])[0]
+    importance, overlays = importance_figure(model, image, args.targets, k=args.k)
+    save_rgb_grid(overlays, args.out, nrow=len(args.targets), scale=args.scale)
+    print(f"wrote {args.out}")
+    if args.npz:
+        with atomic_path(args.npz) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, importance=importance, targets=np.asarray(args.targets),
+                                image=image.numpy(), overlays=overlays.astype(np.float32))
+        print(f"wrote {args.npz}")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from sarnet.data import to_unit_tensor
+    from sarnet.explain import interpolation_row
+    from sarnet.files import atomic_path
+    from sarnet.models import SarNetVAE
+
+    kind, model, sampling = _load_generator(args.model, args.params)
+    if not isinstance(model, SarNetVAE):
+        raise SarnetError(f"{args.model}: interpolation needs a SarNET VAE, this is a {kind}")
+    if args.steps < 2:
+        raise SarnetError(f"--steps must be >= 2 (both ends), got {args.steps}")
+    threshold = args.threshold if args.threshold is not None else sampling.get("sarnet_vae", {}).get("threshold", 0.105)
+    if args.pair is not None:
+        if args.digit >= 0:
+            raise SarnetError("--pair picks images by label from every class; leave --digit at -1")
+        test = _test_images(args.data, -1)
+        missing = [label for label in args.pair if not (test.labels == label).any()]
+        if missing:
+            raise SarnetError(f"no test image with label {missing[0]} in {args.data}")
+        index = [int(np.flatnonzero(test.labels == label)[0]) for label in args.pair]
+    else:
+        test = _test_images(args.data, args.digit)
+        index = args.index
+        if any(not 0 <= i < len(test.images) for i in index):
+            raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
+    ends = to_unit_tensor(test.images[index])
+    row = interpolation_row(model, ends[0], ends[1], args.steps, threshold=threshold)  # A, the path, B
+    _save_outputs(row, args.out, None, nrow=len(row))
+    if args.npz:
+        with atomic_path(args.npz) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, images=row[1:-1].numpy(), originals=ends.numpy(), test_index=np.asarray(index))
+        print(f"wrote {args.npz}")
+
+
+def _add_model_and_test_data(p: argparse.ArgumentParser, model_help: str, digit: int, digit_help: str) -> None:
+    """The options every command on a trained model and test images shares."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--data", default="data/prepared/mnist.npz", help="prepared dataset (.npz)")
+    p.add_argument("--digit", type=int, default=digit, help=digit_help)
+    p.add_argument("--params", default="params.yaml", help="hidden layer shapes and sampling settings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment (once, before parallel runs)")
     p.add_argument("--experiment", default="sarnet")
     p.set_defaults(func=_init_tracking)
+
+    p = sub.add_parser("repro", help="`dvc repro` with every stage's MLflow run under one parent run")
+    p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. a stage name, -f)")
+    p.set_defaults(func=_repro)
 
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")
@@ -143,22 +250,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("inpaint", help="complete test images from their top patches in several styles")
-    p.add_argument("--model", required=True, help="SarNET VAE state dict")
-    p.add_argument("--data", default="data/prepared/mnist.npz", help="prepared dataset (.npz)")
-    p.add_argument("--digit", type=int, default=5, help="class to take test images from (-1: all)")
+    _add_model_and_test_data(p, "SarNET VAE state dict", 5, "class to take test images from (-1: all)")
     p.add_argument("--index", type=int, nargs="+", default=[0, 1, 2, 3], help="test image indices")
     p.add_argument("--keep-patches", type=int, help="patches kept from each image (default: params.yaml, 24)")
     p.add_argument("--n-styles", type=int, help="completions per image (default: params.yaml, 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="inpaint.png")
     p.add_argument("--npz", help="also write the completions as .npz")
-    p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_inpaint)
+
+    p = sub.add_parser("explain", help="patch importance (§5.1): the top input patches behind chosen output patches")
+    _add_model_and_test_data(p, "SarNET VAE or SarNET state dict", 5, "class to take the test image from (-1: all)")
+    p.add_argument("--index", type=int, default=0, help="test image index within that class")
+    p.add_argument("--targets", type=int, nargs="+", default=[10, 20, 27, 33, 40], help="output patches to explain")
+    p.add_argument("--k", type=int, default=5, help="patches shown per target")
+    p.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNG")
+    p.add_argument("--out", default="importance.png")
+    p.add_argument("--npz", help="also write the importance vectors as .npz")
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("interpolate", help="decode the line between two test images' latent codes")
+    _add_model_and_test_data(p, "SarNET VAE state dict", -1, "class to take --index images from (-1: all)")
+    ends = p.add_mutually_exclusive_group()
+    ends.add_argument("--index", type=int, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
+    ends.add_argument("--pair", type=int, nargs=2, metavar=("LABEL_A", "LABEL_B"),
+                      help="take the first test image of each label instead")
+    p.add_argument("--steps", type=int, default=10, help="images along the path, both ends included")
+    p.add_argument("--threshold", type=float, help="pixel threshold (default: params.yaml, 0.105)")
+    p.add_argument("--out", default="interp.png")
+    p.add_argument("--npz", help="also write the decoded path as .npz")
+    p.set_defaults(func=_interpolate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `repro` hands its options (-f, --downstream, ...) to dvc, which argparse would reject as unknown.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "func", None) is _repro:
+        args.dvc_args = unknown + args.dvc_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.func(args)
     except SarnetError as exc:

@@ -6,6 +6,10 @@ Protocol (REFERENCE.md): features are the 10 logits of an MNIST classifier, imag
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -90,3 +94,77 @@ class FidScorer:
 
     def fid(self, images_a: torch.Tensor, images_b: torch.Tensor) -> float:
         return frechet_distance(*self.statistics(images_a), *self.statistics(images_b))
+
+
+# --- The evaluation protocol of Table 4.1 (REFERENCE.md "FID protocol") -----------------------
+
+@dataclass(frozen=True)
+class FidProtocol:
+    """`sets` sets of `n_images` generated images, each against `n_images` real images drawn with
+    replacement from the real pool and redrawn for every set; everything derives from `seed`."""
+
+    n_images: int = 10_000
+    sets: int = 10
+    seed: int = 2024
+
+    def __post_init__(self) -> None:
+        if self.n_images < 2 or self.sets < 1:
+            raise ConfigError(f"FID protocol needs n_images >= 2 and sets >= 1, got {self.n_images} and {self.sets}")
+
+    def set_seeds(self, index: int) -> tuple[np.random.Generator, int]:
+        """Set `index`'s real-image draw and the seed for its generated images: independent
+        streams, the same for every model, so models see identical real draws."""
+        real_seq, generator_seq = np.random.SeedSequence([self.seed, index]).spawn(2)
+        return np.random.default_rng(real_seq), int(generator_seq.generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class FidSets:
+    fids: list[float]
+    preview: torch.Tensor  # the first images of set 0, for a sample grid
+    generation_seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fids))
+
+    @property
+    def std(self) -> float:
+        """Population std over sets (numpy's default, ddof=0); 0 for a single set."""
+        return float(np.std(self.fids))
+
+
+def fid_over_sets(
+    generate: Callable[[int, int], torch.Tensor],
+    scorer: FidScorer,
+    real_pool: torch.Tensor,
+    protocol: FidProtocol,
+    on_set: Callable[[int, float], None] | None = None,
+    preview: int = 100,
+) -> FidSets:
+    """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`.
+
+    `generate(n, seed)` returns n images (n, 28, 28) in [0, 1]. The real pool's logits are computed
+    once: a draw with replacement of images is the same draw of their logits. No set is kept.
+    """
+    if len(real_pool) < 2:
+        raise ConfigError(f"the real image pool needs at least 2 images, got {len(real_pool)}")
+    real_features = scorer.features(real_pool)
+    fids: list[float] = []
+    first = torch.empty(0)
+    generation_seconds = 0.0
+    for index in range(protocol.sets):
+        rng, generator_seed = protocol.set_seeds(index)
+        real_stats = feature_statistics(real_features[rng.integers(0, len(real_pool), protocol.n_images)])
+        started = time.perf_counter()
+        images = generate(protocol.n_images, generator_seed)
+        generation_seconds += time.perf_counter() - started
+        if tuple(images.shape[1:]) not in ((28, 28), (1, 28, 28)) or len(images) != protocol.n_images:
+            raise ConfigError(f"generator returned shape {tuple(images.shape)}, expected ({protocol.n_images}, 28, 28)")
+        if index == 0:
+            first = images[:preview].detach().cpu().clone()
+        fid = frechet_distance(*scorer.statistics(images), *real_stats)
+        fids.append(fid)
+        if on_set is not None:
+            on_set(index, fid)
+    return FidSets(fids, first, generation_seconds)

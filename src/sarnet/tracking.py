@@ -22,6 +22,9 @@ from typing import Any
 DEFAULT_EXPERIMENT = "sarnet"
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+# Set by `sarnet repro` for the `dvc repro` it runs: every stage's run becomes a child of that
+# pipeline execution's parent run, so the UI shows one execution's models side by side.
+PARENT_RUN_ENV = "SARNET_PARENT_RUN_ID"
 
 # Fail fast on an unreachable server (MLflow's own default retries for minutes); user settings win.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -172,6 +175,7 @@ def stage_run(
             all_tags = {"dvc.stage": stage, **git_state(), **(tags or {})}
             if dataset:
                 all_tags["dataset"] = dataset
+            parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV)
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(experiment_id, run_name=run_name or stage, tags={k: str(v) for k, v in all_tags.items()})
@@ -187,3 +191,20 @@ def stage_run(
         status = "FINISHED"
     finally:
         tracker._call("set_terminated", lambda: tracker._client.set_terminated(tracker.run_id, status))
+
+
+@contextlib.contextmanager
+def pipeline_run(name: str, experiment: str = DEFAULT_EXPERIMENT) -> Iterator[Tracker]:
+    """The parent run of one pipeline execution: while the block runs, PARENT_RUN_ENV names it, so
+    stage runs started by child processes nest under it. Untracked (with a warning) if the store fails."""
+    with stage_run("pipeline", run_name=name, experiment=experiment) as tracker:
+        previous = os.environ.get(PARENT_RUN_ENV)
+        if tracker.enabled:
+            os.environ[PARENT_RUN_ENV] = tracker.run_id
+        try:
+            yield tracker
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_RUN_ENV, None)
+            else:
+                os.environ[PARENT_RUN_ENV] = previous

@@ -1,0 +1,63 @@
+"""Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (REFERENCE.md "FID protocol").
+
+Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim]
+Writes metrics/fid/<name>.json (per-set FIDs, mean, std, timings) and a sample grid; no image set is kept.
+"""
+
+from _stage import elapsed, params, stage
+from tqdm import tqdm
+
+from sarnet.classifier import build_classifier
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.figures import save_grid
+from sarnet.files import write_json
+from sarnet.generators import generator_name, load_generator
+from sarnet.tracking import stage_run
+from sarnet.training import default_device, load_state_dict
+
+
+@stage
+def main(kind: str, latent_dim: str | None = None) -> None:
+    latent = None if latent_dim is None else int(latent_dim)
+    name = generator_name(kind, latent)
+    p = params("evaluate")
+    model_params = params(kind)
+    protocol = FidProtocol(p["n_images"], p["sets_by_latent"].get(latent, p["sets"]), p["seed"])
+    dataset, digit = model_params["dataset"], model_params.get("digit")
+    real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
+    device = default_device()
+    classifier = load_state_dict(build_classifier(params("train_classifier")), f"models/classifier/{dataset}.pt", device)
+    generate = load_generator(kind, model_params, params("sampling"), latent, device=device)
+    grid_path = f"metrics/fid/samples/{name}.png"
+
+    with stage_run(f"evaluate_{name}", params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
+                   tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid"}) as tracker:
+        bar = tqdm(total=protocol.sets, desc=f"FID {name}", unit="set")
+
+        def on_set(index: int, fid: float) -> None:
+            tracker.log_metrics({"fid": fid}, step=index)  # the per-set series, step = set index
+            bar.set_postfix(fid=f"{fid:.3f}")
+            bar.update(1)
+
+        result = fid_over_sets(generate, FidScorer(classifier, device=device), real_pool, protocol, on_set)
+        bar.close()
+        save_grid(result.preview, grid_path)
+        record = {
+            "name": name, "kind": kind, "latent_dim": latent, "dataset": dataset, "digit": digit,
+            "sets": protocol.sets, "n_images": protocol.n_images, "real_pool": len(real_pool),
+            "mean": round(result.mean, 6), "std": round(result.std, 6),
+            "fids": [round(f, 6) for f in result.fids],
+            "generation_images_per_second": round(protocol.sets * protocol.n_images / result.generation_seconds, 1),
+            "seconds": elapsed(),
+        }
+        write_json(f"metrics/fid/{name}.json", record)
+        tracker.log_metrics({"fid_mean": result.mean, "fid_std": result.std, "seconds": record["seconds"],
+                             "generation_images_per_second": record["generation_images_per_second"]})
+        tracker.log_artifact(grid_path, "samples")
+        tracker.log_artifact(f"metrics/fid/{name}.json")
+        print(f"{name}: FID {result.mean:.3f} ± {result.std:.3f} over {protocol.sets} sets of {protocol.n_images}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Stage `fid_table`: every evaluation gathered into Table 4.1's layout (Markdown), the per-set CSV,
+FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, and stage wall times."""
+
+import json
+from pathlib import Path
+
+from _stage import params, stage
+
+from sarnet.files import write_json, write_text
+from sarnet.generators import generator_name
+from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
+from sarnet.tracking import stage_run
+
+OUT = Path("metrics")
+
+
+def _evaluated() -> list[tuple[str, int | None]]:
+    """Every generator the pipeline evaluates, in table order."""
+    latent_dims = params("latent_dims")
+    return [(kind, L) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims] + [("sarnet", None), ("gen_xgboost", None)]
+
+
+def _stage_seconds() -> dict[str, float]:
+    """Recorded wall time of every stage that writes one (metrics/**/*.json with a `seconds` key)."""
+    seconds = {}
+    for path in sorted(OUT.rglob("*.json")):
+        if path.name in ("fid.json", "wall_time.json"):
+            continue
+        value = json.loads(path.read_text()).get("seconds")
+        if isinstance(value, (int, float)):
+            seconds[str(path.relative_to(OUT).with_suffix(""))] = value
+    return seconds
+
+
+@stage
+def main() -> None:
+    p = params("fid_table")
+    latent_dims = params("latent_dims")
+    protocol = params("evaluate")
+    rows = [FidRow.from_json(json.loads((OUT / "fid" / f"{generator_name(k, L)}.json").read_text())) for k, L in _evaluated()]
+    calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
+    thesis = p["thesis"]
+
+    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis"]), protocol["n_images"])
+    write_text(OUT / "fid_table.md", table)
+    write_sets_csv(rows, OUT / "fid_sets.csv")
+    write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
+    plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
+    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)} for r in rows})
+    seconds = _stage_seconds()
+    write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                                        "total_hours": round(sum(seconds.values()) / 3600, 3)})
+
+    with stage_run("fid_table", params=p) as tracker:
+        tracker.log_metrics({f"fid_mean.{r.name}": r.mean for r in rows} | {f"fid_std.{r.name}": r.std for r in rows})
+        for name in ("fid_table.md", "fid_sets.csv", "fid_vs_latent.png", "wall_time.json"):
+            tracker.log_artifact(OUT / name)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

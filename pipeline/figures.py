@@ -1,0 +1,68 @@
+"""Stage `figures@<set>`: SarNET VAE's creative and explainable side on one model and dataset
+(thesis §4.3 inpainting, §5.1 patch importance, §5.2 latent interpolation).
+
+Usage: python pipeline/figures.py <set>   (a key of params.yaml's `figures` section)
+Writes metrics/figures/<set>_{inpainting,importance,interpolation}.png and logs them to MLflow.
+"""
+
+import numpy as np
+import torch
+from _stage import elapsed, params, stage
+
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.errors import ConfigError
+from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
+from sarnet.figures import save_grid, save_rgb_grid
+from sarnet.files import write_json
+from sarnet.models import build_model
+from sarnet.tracking import stage_run
+from sarnet.training import default_device, load_state_dict
+
+
+def _test_images(images: np.ndarray, index: list[int], what: str) -> torch.Tensor:
+    if any(not 0 <= i < len(images) for i in index):
+        raise ConfigError(f"figures: {what} indices must be in 0..{len(images) - 1}, got {index}")
+    return to_unit_tensor(images[index])
+
+
+@stage
+def main(figure_set: str) -> None:
+    sets = params("figures")
+    if figure_set not in sets:
+        raise ConfigError(f"params.yaml: no figure set {figure_set!r} under `figures` (have: {', '.join(sets)})")
+    p = sets[figure_set]
+    sampling = params("sampling")
+    inpaint, threshold = sampling["inpaint"], sampling["sarnet_vae"]["threshold"]
+    latent = int(p["model"].rsplit("_L", 1)[1])
+    model = load_state_dict(build_model("sarnet_vae", params("sarnet_vae"), latent),
+                            f"models/sarnet_vae/{p['model']}.pt", default_device()).eval()
+    test = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit")).test
+    out = {name: f"metrics/figures/{figure_set}_{name}.png" for name in ("inpainting", "importance", "interpolation")}
+
+    with stage_run(f"figures_{figure_set}", params=p | {"sampling": {"inpaint": inpaint, "threshold": threshold}},
+                   dataset=p["dataset"], tags={"model": "sarnet_vae", "latent_dim": latent}) as tracker:
+        # (a) each row: a test image, its kept top part, then completions in n_styles styles
+        rows = inpainting_rows(model, _test_images(test.images, p["inpaint_index"], "inpaint"),
+                               inpaint["keep_patches"], inpaint["n_styles"], torch.Generator().manual_seed(p["seed"]),
+                               z_scale=inpaint["z_scale"], threshold=inpaint["threshold"])
+        save_grid(rows.flatten(0, 1), out["inpainting"], nrow=rows.shape[1])
+
+        # (b) each row: one test image; each column: a target patch (white) and its top-k input patches
+        panels = [importance_figure(model, image, p["targets"], k=p["k"])[1]
+                  for image in _test_images(test.images, p["importance_index"], "importance")]
+        save_rgb_grid(np.concatenate(panels), out["importance"], nrow=len(p["targets"]))
+
+        # (c) each row: image A, the decoded line between the two codes, image B
+        pairs = [interpolation_row(model, *_test_images(test.images, list(pair), "interpolate"), p["steps"],
+                                   threshold=threshold) for pair in p["interpolate_pairs"]]
+        save_grid(torch.cat(pairs), out["interpolation"], nrow=p["steps"] + 2)
+
+        labels = {"interpolate_labels": [[int(test.labels[i]) for i in pair] for pair in p["interpolate_pairs"]]}
+        write_json(f"metrics/figures/{figure_set}.json", labels | {"seconds": elapsed()})
+        for path in out.values():
+            tracker.log_artifact(path, "figures")
+        print(f"figures@{figure_set}: " + ", ".join(out.values()))
+
+
+if __name__ == "__main__":
+    main()

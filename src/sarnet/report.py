@@ -1,0 +1,139 @@
+"""The FID table in the layout of the thesis's Table 4.1, its per-set CSV and the FID-vs-latent plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sarnet.files import atomic_path, write_text
+
+FAMILIES = {"sarnet_vae": "SarNET VAE", "conv_vae": "conv VAE"}
+SINGLE_MODELS = {"sarnet": "simple SarNET", "gen_xgboost": "generative XGBoost"}
+
+
+@dataclass(frozen=True)
+class FidRow:
+    """One model's evaluation: what metrics/fid/<name>.json holds."""
+
+    name: str
+    kind: str
+    latent_dim: int | None
+    fids: Sequence[float]
+    mean: float
+    std: float
+    seconds: float
+
+    @classmethod
+    def from_json(cls, record: Mapping) -> "FidRow":
+        return cls(record["name"], record["kind"], record.get("latent_dim"), list(record["fids"]),
+                   float(record["mean"]), float(record["std"]), float(record.get("seconds", 0.0)))
+
+
+def _ours(row: FidRow | None) -> str:
+    if row is None:
+        return "not run"
+    return f"{row.mean:.3f} ± {row.std:.3f} ({len(row.fids)})"
+
+
+def _thesis(value) -> str:
+    if value is None:
+        return "—"
+    mean, std = value
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping,
+                       calibration: tuple[float, float], n_images: int) -> str:
+    """Table 4.1's layout (latent size × family), ours beside the thesis's, then the single models.
+
+    `calibration` is (our FID, thesis FID) of the blur σ = 0.5 set: the two classifiers' scales
+    differ, and that row is how a reader converts between them.
+    """
+    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    ours_blur, thesis_blur = calibration
+    lines = [
+        f"FID, mean ± std over sets (number of sets); each set {n_images:,} generated vs {n_images:,} real "
+        "test images drawn with replacement.",
+        "",
+        "| L | SarNET VAE (ours) | SarNET VAE (thesis) | conv VAE (ours) | conv VAE (thesis) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for latent in latent_dims:
+        cells = [str(latent)]
+        for family in FAMILIES:
+            cells += [_ours(by_key.get((family, latent))), _thesis((thesis.get(family) or {}).get(latent))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| model | ours | thesis |", "| --- | --- | --- |"]
+    for kind, label in SINGLE_MODELS.items():
+        if (kind, None) in by_key or thesis.get(kind) is not None:
+            lines.append(f"| {label} | {_ours(by_key.get((kind, None)))} | {_thesis(thesis.get(kind))} |")
+    lines += [
+        "",
+        f"Scale: blur σ = 0.5 of real test fives scores {ours_blur:.3f} with our classifier and "
+        f"{thesis_blur:.3f} with the thesis's ({ours_blur / thesis_blur:.2f}×); see metrics/calibration.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_sets_csv(rows: Sequence[FidRow], path: str | os.PathLike) -> None:
+    """One line per (model, set): the raw numbers behind every mean and std."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "set", "fid"])
+    for row in rows:
+        writer.writerows([row.name, i, f"{fid:.6f}"] for i, fid in enumerate(row.fids))
+    write_text(path, buffer.getvalue())
+
+
+def write_latent_csv(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping, path: str | os.PathLike) -> None:
+    """FID against latent size for both families (a DVC plot), ours and the thesis's."""
+    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["latent_dim", *(f"{f}_{col}" for f in FAMILIES for col in ("mean", "std", "thesis"))])
+    for latent in sorted(latent_dims):
+        cells: list = [latent]
+        for family in FAMILIES:
+            row = by_key.get((family, latent))
+            published = (thesis.get(family) or {}).get(latent)
+            cells += ["" if row is None else f"{row.mean:.6f}", "" if row is None else f"{row.std:.6f}",
+                      "" if published is None else published[0]]
+        writer.writerow(cells)
+    write_text(path, buffer.getvalue())
+
+
+def plot_fid_vs_latent(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping, path: str | os.PathLike) -> None:
+    """PNG: ours (error bars = std over sets, left axis) and the thesis's (right axis: another classifier's scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI
+    import matplotlib.pyplot as plt
+
+    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    fig, ours_ax = plt.subplots(figsize=(6, 4), dpi=120)
+    thesis_ax = ours_ax.twinx()
+    for (family, label), colour in zip(FAMILIES.items(), ("tab:blue", "tab:orange")):
+        points = [(L, by_key[(family, L)]) for L in sorted(latent_dims) if (family, L) in by_key]
+        if points:
+            ours_ax.errorbar([L for L, _ in points], [r.mean for _, r in points], yerr=[r.std for _, r in points],
+                             marker="o", capsize=3, color=colour, label=f"{label} (ours)")
+        published = sorted((L, v[0]) for L, v in (thesis.get(family) or {}).items() if L in latent_dims)
+        if published:
+            thesis_ax.plot(*zip(*published), linestyle="--", marker="x", color=colour, alpha=0.6, label=f"{label} (thesis)")
+    ours_ax.set_xscale("log", base=2)
+    ours_ax.set_xticks(sorted(latent_dims), [str(L) for L in sorted(latent_dims)])
+    ours_ax.set_xlabel("latent size L")
+    ours_ax.set_ylabel("FID, our classifier")
+    thesis_ax.set_ylabel("FID, thesis's classifier")
+    handles = [h for ax in (ours_ax, thesis_ax) for h in ax.get_legend_handles_labels()[0]]
+    labels = [lab for ax in (ours_ax, thesis_ax) for lab in ax.get_legend_handles_labels()[1]]
+    ours_ax.legend(handles, labels, fontsize=8)
+    ours_ax.set_title("FID against latent size (lower is better)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
