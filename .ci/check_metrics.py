@@ -54,15 +54,19 @@ table = [line for line in Path("metrics/calibration.md").read_text().splitlines(
 if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")
 
-models = ["sarnet"] + [f"{kind}_L{L}" for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]]
+VARIANTS = PARAMS["sarnet_vae_data"]  # the SarNET VAE on other training sets
+epochs = {"sarnet": PARAMS["sarnet"]["epochs"]}
+epochs |= {f"{kind}_L{L}": PARAMS[kind]["epochs"] for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
+epochs |= {f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("epochs", PARAMS["sarnet_vae"]["epochs"]) for key, v in VARIANTS.items()}
+models = list(epochs)
 for name in models:
     path = f"metrics/train/{name}.json"
     m = load_json(path)
     for key in ("final_train_loss", "final_test_loss", "seconds_per_epoch"):
         finite(path, key, m.get(key))
     history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
-    if len(history) != PARAMS[name.split("_L")[0]]["epochs"]:
-        problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {PARAMS[name.split('_L')[0]]['epochs']}")
+    if len(history) != epochs[name]:
+        problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {epochs[name]}")
     if not Path(f"metrics/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
         problems.append(f"metrics/samples/{name}.png: not a PNG")
 
@@ -78,6 +82,8 @@ evaluate = PARAMS["evaluate"]
 evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
              for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
 evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
+evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets_by_latent"].get(v["latent_dim"], evaluate["sets"])
+              for key, v in VARIANTS.items()}
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
@@ -113,6 +119,13 @@ for name, label in (("sarnet", "simple SarNET"), ("gen_xgboost", "generative XGB
         problems.append(f"metrics/fid_table.md: no parsable row for {label}")
     else:
         shown[name] = found[0]
+for key, v in VARIANTS.items():
+    line = next((l for l in table.splitlines() if f"training set `{key}`" in l), "")
+    found = cell.findall(line)
+    if len(found) != 1:
+        problems.append(f"metrics/fid_table.md: no parsable row for training set {key}")
+    else:
+        shown[f"sarnet_vae_{key}_L{v['latent_dim']}"] = found[0]
 for name, (mean, std, sets) in shown.items():
     m = fid.get(name, {})
     if (float(mean), float(std), int(sets)) != (round(m.get("mean", math.nan), 3), round(m.get("std", math.nan), 3), m.get("sets")):
@@ -128,8 +141,17 @@ finite("metrics/wall_time.json", "total_seconds", wall.get("total_seconds"))
 if not any(stage.startswith("fid/") for stage in wall.get("stages", {})):
     problems.append("metrics/wall_time.json: no evaluation stage recorded")
 
+# The figures stages: three PNGs and a JSON per figure set.
+for figure_set in PARAMS["figures"]:
+    m = load_json(f"metrics/figures/{figure_set}.json")
+    finite(f"metrics/figures/{figure_set}.json", "seconds", m.get("seconds"))
+    for part in ("inpainting", "importance", "interpolation"):
+        png = Path(f"metrics/figures/{figure_set}_{part}.png")
+        if not (png.exists() and png.read_bytes().startswith(b"\x89PNG")):
+            problems.append(f"{png}: missing or not a PNG")
+
 if problems:
     print("metrics check failed:\n  " + "\n  ".join(problems))
     sys.exit(1)
 print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(models)} trained generators, generative XGBoost, "
-      f"FID table of {len(evaluated)} generators ({sum(evaluated.values())} sets)")
+      f"FID table of {len(evaluated)} generators ({sum(evaluated.values())} sets), {len(PARAMS['figures'])} figure sets")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from sarnet.data import dataset_spec
 from sarnet.errors import SarnetError
 
 PARAMS_FILE = Path("params.yaml")
@@ -29,6 +30,23 @@ def params(section: str) -> dict[str, Any]:
     if section not in all_params:
         raise SarnetError(f"{PARAMS_FILE}: no '{section}' section")
     return all_params[section]
+
+
+def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
+    """A model's params section; with `data`, that entry of the `<kind>_data` section laid over it
+    (the same model trained on another training set, thesis §4.3 and §5.2)."""
+    base = params(kind)
+    if data is None:
+        return base
+    variants = params(f"{kind}_data")
+    if data not in variants:
+        raise SarnetError(f"{PARAMS_FILE}: no training set {data!r} under `{kind}_data` (have: {', '.join(variants)})")
+    unknown = set(variants[data]) - set(base) - {"latent_dim"}
+    if unknown:
+        raise SarnetError(f"{PARAMS_FILE}: `{kind}_data.{data}` sets {sorted(unknown)}, which `{kind}` does not have")
+    merged = base | variants[data]
+    dataset_spec(merged["dataset"])  # an unknown dataset name fails here, before any work
+    return merged
 
 
 def stage(fn: Callable[..., None]) -> Callable[[], None]:

@@ -1,10 +1,12 @@
 """Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (REFERENCE.md "FID protocol").
 
-Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim]
+Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim [training_set]]
+A model trained on another training set is scored against that set's test images with that
+dataset's classifier (Fashion-MNIST: the Fashion classifier).
 Writes metrics/fid/<name>.json (per-set FIDs, mean, std, timings) and a sample grid; no image set is kept.
 """
 
-from _stage import elapsed, params, stage
+from _stage import elapsed, model_params, params, stage
 from tqdm import tqdm
 
 from sarnet.classifier import build_classifier
@@ -18,21 +20,22 @@ from sarnet.training import default_device, load_state_dict
 
 
 @stage
-def main(kind: str, latent_dim: str | None = None) -> None:
+def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> None:
     latent = None if latent_dim is None else int(latent_dim)
-    name = generator_name(kind, latent)
+    name = generator_name(kind, latent, data)
     p = params("evaluate")
-    model_params = params(kind)
+    gen_params = model_params(kind, data)
     protocol = FidProtocol(p["n_images"], p["sets_by_latent"].get(latent, p["sets"]), p["seed"])
-    dataset, digit = model_params["dataset"], model_params.get("digit")
+    dataset, digit = gen_params["dataset"], gen_params.get("digit")
     real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
     device = default_device()
     classifier = load_state_dict(build_classifier(params("train_classifier")), f"models/classifier/{dataset}.pt", device)
-    generate = load_generator(kind, model_params, params("sampling"), latent, device=device)
+    generate = load_generator(kind, gen_params, params("sampling"), latent, device=device, data=data)
     grid_path = f"metrics/fid/samples/{name}.png"
 
     with stage_run(f"evaluate_{name}", params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
-                   tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid"}) as tracker:
+                   tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid",
+                         "training_set": data or "default"}) as tracker:
         bar = tqdm(total=protocol.sets, desc=f"FID {name}", unit="set")
 
         def on_set(index: int, fid: float) -> None:
@@ -44,7 +47,7 @@ def main(kind: str, latent_dim: str | None = None) -> None:
         bar.close()
         save_grid(result.preview, grid_path)
         record = {
-            "name": name, "kind": kind, "latent_dim": latent, "dataset": dataset, "digit": digit,
+            "name": name, "kind": kind, "latent_dim": latent, "data": data, "dataset": dataset, "digit": digit,
             "sets": protocol.sets, "n_images": protocol.n_images, "real_pool": len(real_pool),
             "mean": round(result.mean, 6), "std": round(result.std, 6),
             "fids": [round(f, 6) for f in result.fids],

@@ -14,10 +14,12 @@ from sarnet.tracking import stage_run
 OUT = Path("metrics")
 
 
-def _evaluated() -> list[tuple[str, int | None]]:
-    """Every generator the pipeline evaluates, in table order."""
+def _evaluated() -> list[tuple[str, int | None, str | None]]:
+    """Every generator the pipeline evaluates, in table order: (kind, latent size, training set)."""
     latent_dims = params("latent_dims")
-    return [(kind, L) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims] + [("sarnet", None), ("gen_xgboost", None)]
+    return ([(kind, L, None) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims]
+            + [("sarnet", None, None), ("gen_xgboost", None, None)]
+            + [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()])
 
 
 def _stage_seconds() -> dict[str, float]:
@@ -37,7 +39,8 @@ def main() -> None:
     p = params("fid_table")
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
-    rows = [FidRow.from_json(json.loads((OUT / "fid" / f"{generator_name(k, L)}.json").read_text())) for k, L in _evaluated()]
+    rows = [FidRow.from_json(json.loads((OUT / "fid" / f"{generator_name(k, L, d)}.json").read_text()))
+            for k, L, d in _evaluated()]
     calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
     thesis = p["thesis"]
 

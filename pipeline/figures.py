@@ -25,6 +25,20 @@ def _test_images(images: np.ndarray, index: list[int], what: str) -> torch.Tenso
     return to_unit_tensor(images[index])
 
 
+def _interpolation_pairs(p: dict, labels: np.ndarray) -> list[list[int]]:
+    """Test-image index pairs: given (`interpolate_pairs`) or the first test image of each class of
+    `interpolate_labels` (the all-digit model's 4 -> 5 and 3 -> 4 grids)."""
+    if "interpolate_labels" not in p:
+        return [list(pair) for pair in p["interpolate_pairs"]]
+    pairs = []
+    for pair in p["interpolate_labels"]:
+        found = [np.flatnonzero(labels == label) for label in pair]
+        if any(len(f) == 0 for f in found):
+            raise ConfigError(f"figures: interpolate_labels {pair}: no test image of that class in this set")
+        pairs.append([int(f[0]) for f in found])
+    return pairs
+
+
 @stage
 def main(figure_set: str) -> None:
     sets = params("figures")
@@ -53,11 +67,13 @@ def main(figure_set: str) -> None:
         save_rgb_grid(np.concatenate(panels), out["importance"], nrow=len(p["targets"]))
 
         # (c) each row: image A, the decoded line between the two codes, image B
-        pairs = [interpolation_row(model, *_test_images(test.images, list(pair), "interpolate"), p["steps"],
-                                   threshold=threshold) for pair in p["interpolate_pairs"]]
+        index_pairs = _interpolation_pairs(p, test.labels)
+        pairs = [interpolation_row(model, *_test_images(test.images, pair, "interpolate"), p["steps"],
+                                   threshold=threshold) for pair in index_pairs]
         save_grid(torch.cat(pairs), out["interpolation"], nrow=p["steps"] + 2)
 
-        labels = {"interpolate_labels": [[int(test.labels[i]) for i in pair] for pair in p["interpolate_pairs"]]}
+        labels = {"interpolate_pairs": index_pairs,
+                  "interpolate_labels": [[int(test.labels[i]) for i in pair] for pair in index_pairs]}
         write_json(f"metrics/figures/{figure_set}.json", labels | {"seconds": elapsed()})
         for path in out.values():
             tracker.log_artifact(path, "figures")

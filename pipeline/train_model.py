@@ -1,14 +1,16 @@
 """Stage `train_<kind>[@L]`: SarNET, SarNET VAE or conv VAE on one dataset, through the shared loop.
 
-Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim]
+Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [training_set]]
+(training_set: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`)
 """
 
 import torch
-from _stage import elapsed, params, stage
+from _stage import elapsed, model_params, params, stage
 
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.figures import save_grid
 from sarnet.files import write_json
+from sarnet.generators import generator_name
 from sarnet.models import build_model
 from sarnet.sampling import generate_model_samples
 from sarnet.tracking import stage_run
@@ -16,9 +18,9 @@ from sarnet.training import TrainConfig, fit, seed_everything
 
 
 @stage
-def main(kind: str, latent_dim: str | None = None) -> None:
-    p = params(kind)
-    name = kind if latent_dim is None else f"{kind}_L{latent_dim}"
+def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> None:
+    p = model_params(kind, data)
+    name = generator_name(kind, None if latent_dim is None else int(latent_dim), data)
     config = TrainConfig.from_params(p)
     data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
     limit = p.get("train_limit")  # the CI profile trains on a slice
@@ -28,7 +30,7 @@ def main(kind: str, latent_dim: str | None = None) -> None:
     grid_path = f"metrics/samples/{name}.png"
 
     with stage_run(f"train_{name}", params=p | {"latent_dim": latent_dim}, dataset=p["dataset"],
-                   tags={"model": kind}) as tracker:
+                   tags={"model": kind, "training_set": data or "default"}) as tracker:
         seed_everything(config.seed)
         model = build_model(kind, p, latent_dim)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,

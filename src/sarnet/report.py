@@ -25,11 +25,14 @@ class FidRow:
     mean: float
     std: float
     seconds: float
+    data: str | None = None  # another training set (params.yaml `<kind>_data` key); None: Table 4.1's fives
+    dataset: str = "mnist"
 
     @classmethod
     def from_json(cls, record: Mapping) -> "FidRow":
         return cls(record["name"], record["kind"], record.get("latent_dim"), list(record["fids"]),
-                   float(record["mean"]), float(record["std"]), float(record.get("seconds", 0.0)))
+                   float(record["mean"]), float(record["std"]), float(record.get("seconds", 0.0)),
+                   record.get("data"), record.get("dataset", "mnist"))
 
 
 def _ours(row: FidRow | None) -> str:
@@ -52,7 +55,7 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     `calibration` is (our FID, thesis FID) of the blur σ = 0.5 set: the two classifiers' scales
     differ, and that row is how a reader converts between them.
     """
-    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
     ours_blur, thesis_blur = calibration
     lines = [
         f"FID, mean ± std over sets (number of sets); each set {n_images:,} generated vs {n_images:,} real "
@@ -70,6 +73,11 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     for kind, label in SINGLE_MODELS.items():
         if (kind, None) in by_key or thesis.get(kind) is not None:
             lines.append(f"| {label} | {_ours(by_key.get((kind, None)))} | {_thesis(thesis.get(kind))} |")
+    for row in (r for r in rows if r.data is not None):
+        published = (thesis.get(f"{row.kind}_data") or {}).get(row.data)
+        lines.append(f"| {FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
+                     f"(scored on {row.dataset} test images by the {row.dataset} classifier) | {_ours(row)} | "
+                     f"{_thesis(published)} |")
     lines += [
         "",
         f"Scale: blur σ = 0.5 of real test fives scores {ours_blur:.3f} with our classifier and "
@@ -91,7 +99,7 @@ def write_sets_csv(rows: Sequence[FidRow], path: str | os.PathLike) -> None:
 
 def write_latent_csv(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping, path: str | os.PathLike) -> None:
     """FID against latent size for both families (a DVC plot), ours and the thesis's."""
-    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["latent_dim", *(f"{f}_{col}" for f in FAMILIES for col in ("mean", "std", "thesis"))])
@@ -113,7 +121,7 @@ def plot_fid_vs_latent(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     matplotlib.use("Agg")  # no display on CI
     import matplotlib.pyplot as plt
 
-    by_key = {(r.kind, r.latent_dim): r for r in rows}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
     fig, ours_ax = plt.subplots(figsize=(6, 4), dpi=120)
     thesis_ax = ours_ax.twinx()
     for (family, label), colour in zip(FAMILIES.items(), ("tab:blue", "tab:orange")):
