@@ -122,6 +122,14 @@ def test_generator_names_and_paths():
             generator_name(*bad)
 
 
+def test_other_training_sets_get_their_own_names():
+    assert generator_name("sarnet_vae", 128, "fashion") == "sarnet_vae_fashion_L128"
+    assert str(model_path("sarnet_vae", 128, data="mnist_all")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.pt"
+    for bad in (("sarnet", None, "fashion"), ("sarnet_vae", 128, "../x"), ("sarnet_vae", 128, "Fashion")):
+        with pytest.raises(ConfigError):
+            generator_name(*bad)
+
+
 def test_missing_model_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no trained model"):
         load_generator("conv_vae", {}, {}, 8, path=tmp_path / "absent.pt")
@@ -169,6 +177,16 @@ def test_table_has_table_41_layout_with_thesis_beside_ours():
     assert singles["simple SarNET"] == ["not run", "29.000"]
     assert singles["generative XGBoost"] == ["10.000 ± 0.500 (2)", "—"]
     assert re.search(r"8\.011 .* 2\.218 .*3\.61×", md)
+
+
+def test_other_training_set_rows_stay_out_of_table_41():
+    fashion = FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, [6.0, 7.0], 6.5, 0.707107, 3.0, "fashion", "fashion")
+    thesis = THESIS | {"sarnet_vae_data": {"fashion": [6.28, 0.135]}}
+    body = table_rows(fid_table_markdown([*rows(), fashion], [128, 8], thesis, (8.011, 2.218), 10_000))
+    assert body[1][1] == "1.200 ± 0.163 (3)"  # the L = 128 cell is still the fives' model
+    fashion_rows = [r for r in body if "training set `fashion`" in r[0]]
+    assert len(fashion_rows) == 1 and fashion_rows[0][1:] == ["6.500 ± 0.707 (2)", "6.280 ± 0.135"]
+    assert "fashion classifier" in fashion_rows[0][0]
 
 
 def test_sets_csv_holds_every_set(tmp_path):

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from sarnet.errors import ConfigError, SarnetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +56,62 @@ def test_profile_with_unknown_key_is_refused(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0 and "'c' is not in params.yaml" in result.stderr
     assert (tmp_path / "params.yaml").read_text() == "a: {b: 1}\n"
+
+
+# ----------------------------------------------------------------- other training sets (§4.3, §5.2)
+
+def _load_stage_helpers(tmp_path, all_params):
+    """pipeline/_stage.py reads params.yaml from the working directory: give it one in tmp_path."""
+    import importlib
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(all_params))
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        module = importlib.import_module("_stage")
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+    return module
+
+
+def test_training_set_entry_overrides_only_its_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = {"dataset": "mnist", "digit": 5, "epochs": 200, "lr": 0.001}
+    helpers = _load_stage_helpers(tmp_path, {"sarnet_vae": base, "sarnet_vae_data": {
+        "fashion": {"dataset": "fashion", "digit": None, "latent_dim": 128, "epochs": 20},
+        "cifar": {"dataset": "cifar", "latent_dim": 128},
+        "typo": {"epoch": 3, "latent_dim": 128}}})
+    assert helpers.model_params("sarnet_vae") == base
+    merged = helpers.model_params("sarnet_vae", "fashion")
+    assert (merged["dataset"], merged["digit"], merged["epochs"], merged["lr"]) == ("fashion", None, 20, 0.001)
+    with pytest.raises(SarnetError, match=r"no training set 'boots'.*have: cifar, fashion, typo"):
+        helpers.model_params("sarnet_vae", "boots")
+    with pytest.raises(SarnetError, match="unknown dataset 'cifar'"):
+        helpers.model_params("sarnet_vae", "cifar")
+    with pytest.raises(SarnetError, match=r"\['epoch'\]"):
+        helpers.model_params("sarnet_vae", "typo")
+
+
+def test_unknown_training_set_is_a_one_line_error_before_training(tmp_path):
+    result = run_stage(tmp_path, "train_model.py", "sarnet_vae", "128", "boots",
+                       params={"sarnet_vae": {"dataset": "mnist", "digit": 5}, "sarnet_vae_data": {"fashion": {"dataset": "fashion"}}})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no training set 'boots' under `sarnet_vae_data` (have: fashion)"
+    assert not (tmp_path / "models").exists()
+
+
+def test_interpolation_pairs_by_label_take_each_class_first_test_image(tmp_path, monkeypatch):
+    import importlib
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        figures = importlib.import_module("figures")
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+    labels = np.array([7, 2, 4, 3, 5, 4, 5])
+    assert figures._interpolation_pairs({"interpolate_labels": [[4, 5], [3, 4]]}, labels) == [[2, 4], [3, 2]]
+    assert figures._interpolation_pairs({"interpolate_pairs": [(0, 1)]}, labels) == [[0, 1]]
+    with pytest.raises(ConfigError, match=r"\[9, 5\]"):
+        figures._interpolation_pairs({"interpolate_labels": [[9, 5]]}, labels)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from sarnet.errors import ConfigError
-from sarnet.models import IMAGE_SIZE, PIXELS, SarNet, SarNetVAE, SemiDenseStack, evaluating
+from sarnet.models import ACTIVATIONS, IMAGE_SIZE, PIXELS, SarNet, SarNetVAE, SemiDenseStack, evaluating
 from sarnet.semidense import SemiDense
 
 # Maps the stack's raw output units of one patch (B, units) to the input units written back.
@@ -37,9 +37,12 @@ def _offsets(patch_index: torch.Tensor, n_patches: int) -> list[int]:
 
 
 class _PatchMajorLayer:
-    """One SemiDense layer's weights cut into per-patch blocks over patch-major unit order."""
+    """One SemiDense layer's weights cut into per-patch blocks over patch-major unit order.
 
-    def __init__(self, layer: SemiDense, activation: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor | None) -> None:
+    Activations are kept feature-major, (units, B): a patch's units are then contiguous rows, so
+    each step accumulates in place into its rows of the output buffer with no copies."""
+
+    def __init__(self, layer: SemiDense, activation: str, z: torch.Tensor | None, batch: int) -> None:
         in_order = torch.argsort(layer.in_patch_index, stable=True)
         out_order = torch.argsort(layer.out_patch_index, stable=True)
         weight = layer.masked_weight().detach()
@@ -51,19 +54,24 @@ class _PatchMajorLayer:
             # type (a): patch 0 sees patch 0, patch k>0 sees patches < k; type (b): patches <= k
             prefix = self.in_offsets[k] if (layer.first and k > 0) else self.in_offsets[k + 1]
             rows = slice(self.out_offsets[k], self.out_offsets[k + 1])
-            self.blocks.append(w_x[rows, :prefix].t().contiguous())
-        bias = layer.bias.detach()[out_order][None, :]
-        # The latent part is the same at every step: one matmul up front.
-        self.shift = bias if z is None else z @ weight[:, layer.in_features :][out_order].t() + bias
+            self.blocks.append(w_x[rows, :prefix].contiguous())
+        bias = layer.bias.detach()[out_order][:, None]
+        # The output starts as bias (+ the latent part, the same at every step): one matmul up front.
+        shift = bias if z is None else weight[:, layer.in_features :][out_order] @ z.t() + bias
+        self.out = shift.expand(layer.out_features, batch).contiguous()
         self.activation = activation
-        self.out_features = layer.out_features
 
-    def step(self, k: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+    def step(self, k: int, h_in: torch.Tensor) -> None:
         """Units of patch k from the units of h_in this patch may see (a non-empty prefix)."""
-        lo, hi = self.out_offsets[k], self.out_offsets[k + 1]
+        rows = self.out[self.out_offsets[k] : self.out_offsets[k + 1]]
         block = self.blocks[k]
-        shift = self.shift[:, lo:hi].expand(len(h_in), -1)
-        h_out[:, lo:hi] = self.activation(torch.addmm(shift, h_in[:, : block.shape[0]], block))
+        rows.addmm_(block, h_in[: block.shape[1]])
+        if self.activation == "relu":
+            rows.relu_()
+        elif self.activation == "sigmoid":
+            rows.sigmoid_()
+        elif self.activation != "none":
+            rows.copy_(ACTIVATIONS[self.activation](rows))
 
 
 def _check_start(stack: SemiDenseStack, x0: torch.Tensor, first_patch: int) -> None:
@@ -78,21 +86,19 @@ def _check_start(stack: SemiDenseStack, x0: torch.Tensor, first_patch: int) -> N
 
 @torch.no_grad()
 def _incremental(stack: SemiDenseStack, x0: torch.Tensor, z: torch.Tensor | None, first_patch: int, emit: Emit) -> torch.Tensor:
-    from sarnet.models import ACTIVATIONS
-
-    layers = [_PatchMajorLayer(layer, ACTIVATIONS[act], z) for layer, act in zip(stack.layers, stack.activations)]
+    layers = [_PatchMajorLayer(layer, act, z, len(x0)) for layer, act in zip(stack.layers, stack.activations)]
     order = torch.argsort(stack.layers[0].in_patch_index, stable=True)
-    buffers = [x0[:, order].contiguous()]
-    buffers += [x0.new_empty(len(x0), layer.out_features) for layer in layers]
+    image = x0[:, order].t().contiguous()  # (units, B), patch-major
+    buffers = [image] + [layer.out for layer in layers]
     offsets = layers[0].in_offsets
     for k in range(stack.n_patches):
         for i, layer in enumerate(layers):
-            layer.step(k, buffers[i], buffers[i + 1])
+            layer.step(k, buffers[i])
         if k >= first_patch:
             lo, hi = offsets[k], offsets[k + 1]
-            buffers[0][:, lo:hi] = emit(buffers[-1][:, lo:hi])
+            image[lo:hi] = emit(buffers[-1][lo:hi].t()).t()  # emit works on (B, units)
     out = torch.empty_like(x0)
-    out[:, order] = buffers[0]
+    out[:, order] = image.t()
     return out
 
 
