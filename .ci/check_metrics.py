@@ -82,8 +82,7 @@ evaluate = PARAMS["evaluate"]
 evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
              for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
 evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
-evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets_by_latent"].get(v["latent_dim"], evaluate["sets"])
-              for key, v in VARIANTS.items()}
+evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets"] for key, v in VARIANTS.items()}
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"

@@ -2,6 +2,7 @@
 FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, and stage wall times."""
 
 import json
+import sys
 from pathlib import Path
 
 from _stage import params, stage
@@ -39,12 +40,15 @@ def main() -> None:
     p = params("fid_table")
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
-    rows = [FidRow.from_json(json.loads((OUT / "fid" / f"{generator_name(k, L, d)}.json").read_text()))
-            for k, L, d in _evaluated()]
+    paths = [OUT / "fid" / f"{generator_name(k, L, d)}.json" for k, L, d in _evaluated()]
+    rows = [FidRow.from_json(json.loads(path.read_text())) for path in paths if path.exists()]
+    missing = [path.stem for path in paths if not path.exists()]
+    if missing:  # a partial run still gets its table; the gaps read "not run"
+        print(f"warning: not evaluated: {', '.join(missing)}", file=sys.stderr)
     calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
     thesis = p["thesis"]
 
-    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis"]), protocol["n_images"])
+    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"])
     write_text(OUT / "fid_table.md", table)
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")

@@ -115,3 +115,26 @@ def test_interpolation_pairs_by_label_take_each_class_first_test_image(tmp_path,
     assert figures._interpolation_pairs({"interpolate_pairs": [(0, 1)]}, labels) == [[0, 1]]
     with pytest.raises(ConfigError, match=r"\[9, 5\]"):
         figures._interpolation_pairs({"interpolate_labels": [[9, 5]]}, labels)
+
+
+def test_fid_table_stage_renders_a_partial_run(tmp_path):
+    """The stage on the committed calibration file and one evaluation: that row filled, the rest 'not run'."""
+    import json
+    import shutil
+
+    (tmp_path / "metrics" / "fid").mkdir(parents=True)
+    shutil.copy(ROOT / "metrics" / "calibration.json", tmp_path / "metrics" / "calibration.json")
+    fids = [4.0, 5.0, 6.0]
+    record = {"name": "sarnet_vae_L128", "kind": "sarnet_vae", "latent_dim": 128, "data": None, "dataset": "mnist",
+              "sets": 3, "fids": fids, "mean": 5.0, "std": 1.0, "seconds": 12.5}
+    (tmp_path / "metrics" / "fid" / "sarnet_vae_L128.json").write_text(json.dumps(record))
+    full = yaml.safe_load((ROOT / "params.yaml").read_text())
+    result = run_stage(tmp_path, "fid_table.py", params=full)
+    assert result.returncode == 0, result.stderr
+    assert "not evaluated: sarnet_vae_L64" in result.stderr
+    table = (tmp_path / "metrics" / "fid_table.md").read_text()
+    assert "| 128 | 5.000 ± 1.000 (3) | 1.535 ± 0.080 | not run | 2.018 ± 0.122 |" in table
+    blur = json.loads((ROOT / "metrics" / "calibration.json").read_text())["rows"]["blur_0.5"]
+    assert f"scores {blur['fid']:.3f} with our classifier and {blur['thesis_fid']:.3f}" in table
+    assert (tmp_path / "metrics" / "fid_sets.csv").read_text().count("sarnet_vae_L128") == 3
+    assert json.loads((tmp_path / "metrics" / "wall_time.json").read_text())["stages"]["fid/sarnet_vae_L128"] == 12.5
