@@ -23,15 +23,21 @@ def _evaluated() -> list[tuple[str, int | None, str | None]]:
             + [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()])
 
 
-def _stage_seconds() -> dict[str, float]:
-    """Recorded wall time of every stage that writes one (metrics/**/*.json with a `seconds` key)."""
+def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
+    """Recorded wall time of the stages behind this table (metrics/**/*.json with a `seconds` key).
+    A generator's training and evaluation count only when its evaluation is in the table, so the
+    total of a partial run does not include models it never scored (or an older run's files)."""
     seconds = {}
     for path in sorted(OUT.rglob("*.json")):
         if path.name in ("fid.json", "wall_time.json"):
             continue
+        key = str(path.relative_to(OUT).with_suffix(""))
+        generator = key.split("/", 1)[1] if key.startswith(("train/", "fid/")) else key if key == "gen_xgboost" else None
+        if generator is not None and generator not in evaluated:
+            continue
         value = json.loads(path.read_text()).get("seconds")
         if isinstance(value, (int, float)):
-            seconds[str(path.relative_to(OUT).with_suffix(""))] = value
+            seconds[key] = value
     return seconds
 
 
@@ -54,7 +60,7 @@ def main() -> None:
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
     write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)} for r in rows})
-    seconds = _stage_seconds()
+    seconds = _stage_seconds({r.name for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
                                         "total_hours": round(sum(seconds.values()) / 3600, 3)})
 

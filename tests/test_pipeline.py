@@ -128,6 +128,9 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     record = {"name": "sarnet_vae_L128", "kind": "sarnet_vae", "latent_dim": 128, "data": None, "dataset": "mnist",
               "sets": 3, "fids": fids, "mean": 5.0, "std": 1.0, "seconds": 12.5}
     (tmp_path / "metrics" / "fid" / "sarnet_vae_L128.json").write_text(json.dumps(record))
+    (tmp_path / "metrics" / "train").mkdir()
+    (tmp_path / "metrics" / "train" / "sarnet_vae_L128.json").write_text(json.dumps({"seconds": 600.0}))
+    (tmp_path / "metrics" / "train" / "sarnet_vae_L64.json").write_text(json.dumps({"seconds": 700.0}))  # never scored
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     result = run_stage(tmp_path, "fid_table.py", params=full)
     assert result.returncode == 0, result.stderr
@@ -137,4 +140,7 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     blur = json.loads((ROOT / "metrics" / "calibration.json").read_text())["rows"]["blur_0.5"]
     assert f"scores {blur['fid']:.3f} with our classifier and {blur['thesis_fid']:.3f}" in table
     assert (tmp_path / "metrics" / "fid_sets.csv").read_text().count("sarnet_vae_L128") == 3
-    assert json.loads((tmp_path / "metrics" / "wall_time.json").read_text())["stages"]["fid/sarnet_vae_L128"] == 12.5
+    wall = json.loads((tmp_path / "metrics" / "wall_time.json").read_text())
+    assert wall["stages"]["fid/sarnet_vae_L128"] == 12.5 and wall["stages"]["train/sarnet_vae_L128"] == 600.0
+    assert "train/sarnet_vae_L64" not in wall["stages"]
+    assert wall["total_seconds"] == round(sum(wall["stages"].values()), 1)
