@@ -176,6 +176,21 @@ def test_prepare_dataset_synthetic(tmp_path, monkeypatch, gzipped):
     assert dict(np.load(out))["train_images"].shape == (N_TRAIN, 28, 28)
 
 
+def test_prepare_dataset_bytes_do_not_depend_on_the_clock(synthetic, monkeypatch):
+    # DVC hashes the file: a re-run at another time must give the same bytes, or every stage
+    # downstream of `prepare` would re-run.
+    import hashlib
+    import time as time_module
+
+    first, second = synthetic["out_dir"] / "a.npz", synthetic["out_dir"] / "b.npz"
+    prepare_dataset("mnist", synthetic["root"], first)
+    later = time_module.time() + 3 * 86400
+    monkeypatch.setattr(time_module, "time", lambda: later)
+    monkeypatch.setattr(time_module, "localtime", lambda *a: time_module.gmtime(later))
+    prepare_dataset("mnist", synthetic["root"], second)
+    assert hashlib.md5(first.read_bytes()).hexdigest() == hashlib.md5(second.read_bytes()).hexdigest()
+
+
 def test_load_prepared_digit_subset(synthetic):
     out = synthetic["out_dir"] / "m.npz"
     prepare_dataset("mnist", synthetic["root"], out)
