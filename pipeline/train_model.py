@@ -18,19 +18,19 @@ from sarnet.training import TrainConfig, fit, seed_everything
 
 
 @stage
-def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> None:
-    p = model_params(kind, data)
-    name = generator_name(kind, None if latent_dim is None else int(latent_dim), data)
+def main(kind: str, latent_dim: str | None = None, training_set: str | None = None) -> None:
+    p = model_params(kind, training_set)
+    name = generator_name(kind, None if latent_dim is None else int(latent_dim), training_set)
     config = TrainConfig.from_params(p)
-    data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
+    prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
     limit = p.get("train_limit")  # the CI profile trains on a slice
-    train = (to_unit_tensor(data.train.images[:limit]).flatten(1),)
-    test = (to_unit_tensor(data.test.images).flatten(1),)
+    train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)
+    test = (to_unit_tensor(prepared.test.images).flatten(1),)
     model_path = f"models/{kind}/{name}.pt"
     grid_path = f"metrics/samples/{name}.png"
 
     with stage_run(f"train_{name}", params=p | {"latent_dim": latent_dim}, dataset=p["dataset"],
-                   tags={"model": kind, "training_set": data or "default"}) as tracker:
+                   tags={"model": kind, "training_set": training_set or "default"}) as tracker:
         seed_everything(config.seed)
         model = build_model(kind, p, latent_dim)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,
