@@ -115,3 +115,29 @@ def test_sarnet_repro_passes_options_to_dvc_under_one_parent_run(isolated_store,
 
     run = MlflowClient(tracking_uri()).get_run(parent)
     assert run.data.tags["dvc.exit_status"] == "3"
+
+
+def test_terminated_stage_closes_its_run_as_killed(isolated_store):
+    # A stage killed with SIGTERM (kill, a CI time-out) must not leave its MLflow run RUNNING.
+    import signal
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    script = isolated_store / "stage.py"
+    script.write_text(
+        "import sys, time\n"
+        "from sarnet.tracking import stage_run\n"
+        "with stage_run('long') as tracker:\n"
+        "    print(tracker.run_id, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    run_id = child.stdout.readline().strip()
+    assert MlflowClient(tracking_uri()).get_run(run_id).info.status == "RUNNING"
+    child.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert child.wait(timeout=60) != 0
+    assert time.monotonic() - started < 30  # it stopped at the signal, not after its sleep
+    assert MlflowClient(tracking_uri()).get_run(run_id).info.status == "KILLED"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -156,6 +158,25 @@ def init_store(experiment: str = DEFAULT_EXPERIMENT) -> str:
 
 
 @contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill`, CI time-outs and job schedulers send SIGTERM, which ends Python without running
+    `finally` blocks: the MLflow run would stay RUNNING forever. Raised as KeyboardInterrupt, it
+    reaches them, and the run is closed as KILLED."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def stage_run(
     stage: str,
     params: Mapping[str, Any] | None = None,
@@ -187,8 +208,12 @@ def stage_run(
         tracker.log_params(params)
     status = "FAILED"
     try:
-        yield tracker
+        with _sigterm_as_interrupt():
+            yield tracker
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker._call("set_terminated", lambda: tracker._client.set_terminated(tracker.run_id, status))
 
