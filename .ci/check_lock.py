@@ -40,11 +40,14 @@ def dir_md5(root: Path, folder: str, produced_by: dict[str, tuple[str, str]]) ->
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
+MISSING = "<not in params.yaml>"
+
+
 def lookup(params: dict[str, Any], dotted: str) -> Any:
     value: Any = params
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            return KeyError
+            return MISSING
         value = value[part]
     return value
 
@@ -66,7 +69,7 @@ def lock_problems(lock: dict[str, Any], params: dict[str, Any], stage_names: lis
             if path in produced_by:
                 producer, made = produced_by[path]
                 if md5 != made:
-                    problems.append(f"{name}: read {path} {md5[:8]}, but {producer} recorded {str(made)[:8]}")
+                    problems.append(f"{name}: read {path} {str(md5)[:8]}, but {producer} recorded {str(made)[:8]}")
             elif str(md5).endswith(".dir"):
                 if dir_md5(root, path, produced_by) != md5:
                     problems.append(f"{name}: read another version of the folder {path}")
