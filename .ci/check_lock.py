@@ -79,8 +79,9 @@ def lock_problems(lock: dict[str, Any], params: dict[str, Any], stage_names: lis
                 problems.append(f"{name}: ran with another version of {path}")
         for values in entry.get("params", {}).values():
             for key, value in values.items():
-                if lookup(params, key) != value:
-                    problems.append(f"{name}: ran with {key} = {value!r}, params.yaml has {lookup(params, key)!r}")
+                current = lookup(params, key)
+                if current != value:
+                    problems.append(f"{name}: ran with {key} = {value!r}, params.yaml has {current!r}")
         for out in entry.get("outs", []):
             path = root / out["path"]
             if path.is_file() and not str(out.get("md5", "")).endswith(".dir") and file_md5(path) != out.get("md5"):

@@ -127,7 +127,7 @@ def test_terminated_stage_closes_its_run_as_killed(isolated_store):
 
     script = isolated_store / "stage.py"
     script.write_text(
-        "import sys, time\n"
+        "import time\n"
         "from sarnet.tracking import stage_run\n"
         "with stage_run('long') as tracker:\n"
         "    print(tracker.run_id, flush=True)\n"
