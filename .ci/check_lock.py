@@ -6,7 +6,9 @@ lock is coherent when
   * each input that is a file of the repository (code) has the hash recorded when the stage ran,
   * each input made by another stage has the hash that stage recorded for it (every stage read
     the outputs of the upstream runs that are committed, not of some other run),
-  * each recorded param equals params.yaml's value, and
+  * each recorded param equals params.yaml's value,
+  * each input and param dvc.yaml declares was recorded (a dependency added to dvc.yaml without
+    a re-run leaves the lock stale), and
   * each uncached output (metrics/, plots) is the committed file.
 Models and data are not committed, so outputs kept in DVC's cache are checked only between stages.
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,39 @@ def lookup(params: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def lock_problems(lock: dict[str, Any], params: dict[str, Any], stage_names: list[str], root: Path) -> list[str]:
+Declared = dict[str, tuple[set[str], set[str]]]  # stage -> (input paths, param keys) in dvc.yaml
+
+
+def declared_inputs(root: Path) -> Declared:
+    """Each stage's inputs and param keys as dvc.yaml declares them (templates resolved by DVC)."""
+    from dvc.repo import Repo
+
+    declared: Declared = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            paths, keys = set(), set()
+            for dep in stage.deps:
+                if type(dep).__name__ == "ParamsDependency":
+                    keys.update(dep.params)
+                else:
+                    paths.add(dep.def_path)
+            declared[stage.addressing] = (paths, keys)
+    return declared
+
+
+def lock_problems(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root: Path) -> list[str]:
     """Every way in which `lock` is not one coherent run of the code and params under `root`."""
     stages: dict[str, Any] = lock.get("stages", {})
-    problems = [f"{name}: never ran (no dvc.lock entry)" for name in stage_names if name not in stages]
-    problems += [f"{name}: in dvc.lock but not a stage of dvc.yaml" for name in stages if name not in stage_names]
+    problems = [f"{name}: never ran (no dvc.lock entry)" for name in declared if name not in stages]
+    problems += [f"{name}: in dvc.lock but not a stage of dvc.yaml" for name in stages if name not in declared]
+    for name, (paths, keys) in declared.items():
+        entry = stages.get(name)
+        if entry is None:
+            continue
+        recorded = {dep["path"] for dep in entry.get("deps", [])}
+        recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
+        problems += [f"{name}: dvc.yaml declares input {path}, which this run did not record" for path in sorted(paths - recorded)]
+        problems += [f"{name}: dvc.yaml declares param {key}, which this run did not record" for key in sorted(keys - recorded_keys)]
 
     produced_by: dict[str, tuple[str, str]] = {}
     for name, entry in stages.items():
@@ -92,9 +121,7 @@ def lock_problems(lock: dict[str, Any], params: dict[str, Any], stage_names: lis
 def main(root: Path) -> int:
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     params = yaml.safe_load((root / "params.yaml").read_text())
-    listing = subprocess.run(["dvc", "stage", "list", "--all", "--name-only"], cwd=root,
-                             capture_output=True, text=True, check=True).stdout
-    problems = lock_problems(lock, params, listing.split(), root)
+    problems = lock_problems(lock, params, declared_inputs(root), root)
     for line in problems:
         print(f"dvc.lock: {line}")
     if problems:

@@ -16,10 +16,45 @@ def _init_tracking(args: argparse.Namespace) -> None:
     print(f"MLflow store {tracking_uri()}: experiment {args.experiment!r} (id {experiment_id}) ready")
 
 
-def _repro(args: argparse.Namespace) -> None:
-    """`dvc repro` under one MLflow parent run, so this execution's stage runs are grouped."""
-    import shutil
+class _PipelineEnded(Exception):
+    """dvc repro ended with a non-zero status (the parent run is then closed as FAILED)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"dvc repro exited with status {status}")
+        self.status = status
+
+
+def _run_forwarding_signals(command: list[str]) -> int:
+    """Run `command` in its own process group; SIGTERM and SIGINT are passed to the whole group
+    (dvc and the stage it runs) and waited for, so no stage is left running without its pipeline."""
+    import signal
     import subprocess
+
+    child = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:  # the group has already ended
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]}")
+    return status
+
+
+def _repro(args: argparse.Namespace) -> None:
+    """`dvc repro` under one MLflow parent run, so this execution's stage runs are grouped. The
+    parent run ends FINISHED only when dvc succeeds (FAILED on an error, KILLED on a signal)."""
+    import shutil
     from datetime import datetime, timezone
 
     from sarnet.tracking import init_store, pipeline_run
@@ -27,16 +62,23 @@ def _repro(args: argparse.Namespace) -> None:
     dvc = shutil.which("dvc")
     if dvc is None:
         raise SarnetError("dvc is not on PATH; run `make repro` (it installs the pinned tools into .venv)")
-    init_store()
+    try:
+        init_store()
+    except Exception as exc:  # the stages warn and run untracked too: tracking never costs a result
+        print(f"warning: MLflow store unavailable ({type(exc).__name__}); the pipeline runs untracked", file=sys.stderr)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with pipeline_run(f"dvc repro {started}") as parent:
-        status = subprocess.run([dvc, "repro", *args.dvc_args]).returncode
-        for artifact in ("dvc.lock", "metrics/fid_table.md", "metrics/wall_time.json"):
-            parent.log_artifact(artifact)
-        if status != 0:
-            parent.set_tags({"dvc.exit_status": status})
-    if status != 0:
-        sys.exit(status)
+    try:
+        with pipeline_run(f"dvc repro {started}") as parent:
+            try:
+                status = _run_forwarding_signals([dvc, "repro", *args.dvc_args])
+            finally:
+                for artifact in ("dvc.lock", "metrics/fid_table.md", "metrics/wall_time.json"):
+                    parent.log_artifact(artifact)
+            if status != 0:
+                parent.set_tags({"dvc.exit_status": status})
+                raise _PipelineEnded(status)
+    except _PipelineEnded as ended:
+        sys.exit(ended.status)
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -296,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     except SarnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: sarnet {args.command} stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
