@@ -69,7 +69,7 @@ def declared_inputs(root: Path) -> Declared:
                     keys.update(dep.params)
                 else:
                     paths.add(dep.def_path)
-            declared[stage.addressing] = (paths, keys)
+            declared[stage.name] = (paths, keys)
     return declared
 
 
