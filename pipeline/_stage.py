@@ -16,6 +16,7 @@ from sarnet.data import dataset_spec
 from sarnet.errors import SarnetError
 
 PARAMS_FILE = Path("params.yaml")
+DATA_KEYS = ("dataset", "digit", "train_limit")  # what every model section says about its training data
 _started = time.perf_counter()
 
 
@@ -24,10 +25,16 @@ def elapsed() -> float:
     return round(time.perf_counter() - _started, 2)
 
 
-def params(section: str) -> dict[str, Any]:
-    with PARAMS_FILE.open() as fh:
-        all_params = yaml.safe_load(fh) or {}
-    if section not in all_params:
+def params(section: str) -> Any:
+    """One top-level section of params.yaml."""
+    try:
+        with PARAMS_FILE.open() as fh:
+            all_params = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise SarnetError(f"{PARAMS_FILE} not found: run stages from the project root") from None
+    except yaml.YAMLError as exc:
+        raise SarnetError(f"{PARAMS_FILE}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(all_params, dict) or section not in all_params:
         raise SarnetError(f"{PARAMS_FILE}: no '{section}' section")
     return all_params[section]
 
@@ -36,6 +43,9 @@ def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
     """A model's params section; with `data`, that entry of the `<kind>_data` section laid over it
     (the same model trained on another training set, thesis §4.3 and §5.2)."""
     base = params(kind)
+    missing = [k for k in DATA_KEYS if k not in base]
+    if missing:
+        raise SarnetError(f"{PARAMS_FILE}: `{kind}` has no '{missing[0]}'")
     if data is None:
         return base
     variants = params(f"{kind}_data")
@@ -44,9 +54,18 @@ def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
     unknown = set(variants[data]) - set(base) - {"latent_dim"}
     if unknown:
         raise SarnetError(f"{PARAMS_FILE}: `{kind}_data.{data}` sets {sorted(unknown)}, which `{kind}` does not have")
-    merged = base | variants[data]
+    merged = base | {k: v for k, v in variants[data].items() if k != "latent_dim"}  # the stage's argument
     dataset_spec(merged["dataset"])  # an unknown dataset name fails here, before any work
     return merged
+
+
+def latent_arg(text: str | None) -> int | None:
+    """The latent-size argument of a stage command (`train_model.py sarnet_vae 128`)."""
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise SarnetError(f"latent size must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def stage(fn: Callable[..., None]) -> Callable[[], None]:
@@ -62,6 +81,10 @@ def stage(fn: Callable[..., None]) -> Callable[[], None]:
         except KeyboardInterrupt:
             print("interrupted: re-run the stage to resume from its last checkpoint", file=sys.stderr)
             sys.exit(130)
+        except OSError as exc:  # a full disk, an unwritable folder: outputs are atomic, nothing partial is left
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            sys.exit(1)
         print(f"{Path(sys.argv[0]).stem} {' '.join(sys.argv[1:])}: done in {elapsed():.1f}s", file=sys.stderr)
 
     return main

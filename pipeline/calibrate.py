@@ -3,12 +3,14 @@
 from _stage import elapsed, params, stage
 
 from sarnet.calibration import calibrate, calibration_markdown
-from sarnet.classifier import build_classifier
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.fid import FidScorer
 from sarnet.files import write_json, write_text
+from sarnet.loader import load_model
+from sarnet.model_files import SUFFIX
+from sarnet.params import check_keys
 from sarnet.tracking import stage_run
-from sarnet.training import default_device, load_state_dict
+from sarnet.device import default_device
 
 CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "
                    "the thesis used TF-GAN's MNIST classifier, so absolute values differ and the ratio puts them on one scale.")
@@ -17,10 +19,11 @@ CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_cl
 @stage
 def main() -> None:
     p = params("calibrate")
+    check_keys("calibrate", p, ("dataset", "digit", "n_images", "seed"), required=True)
     dataset, n = p["dataset"], p["n_images"]
     data = load_prepared(f"data/prepared/{dataset}.npz", digit=p["digit"])
     device = default_device()
-    classifier = load_state_dict(build_classifier(params("train_classifier")), f"models/classifier/{dataset}.pt", device)
+    classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
     scorer = FidScorer(classifier, device=device)
 
     with stage_run("calibrate", params=p, dataset=dataset) as tracker:

@@ -1,38 +1,51 @@
-"""Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (REFERENCE.md "FID protocol").
+"""Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (docs/protocol.md "FID protocol").
 
 Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim [training_set]]
 A model trained on another training set is scored against that set's test images with that
-dataset's classifier (Fashion-MNIST: the Fashion classifier).
+dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
+are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
+the real images (the model section's dataset and digit).
 Writes metrics/fid/<name>.json (per-set FIDs, mean, std, timings) and a sample grid; no image set is kept.
 """
 
-from _stage import elapsed, model_params, params, stage
+from _stage import elapsed, latent_arg, model_params, params, stage
 from tqdm import tqdm
 
-from sarnet.classifier import build_classifier
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
 from sarnet.figures import save_grid
 from sarnet.files import write_json
-from sarnet.generators import generator_name, load_generator
+from sarnet.generators import load_generator
+from sarnet.names import generator_name, model_path
+from sarnet.loader import load_model
+from sarnet.model_files import SUFFIX
+from sarnet.errors import ConfigError
+from sarnet.params import check_int, check_keys
 from sarnet.tracking import stage_run
-from sarnet.training import default_device, load_state_dict
+from sarnet.device import default_device
 
 
 @stage
 def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> None:
-    latent = None if latent_dim is None else int(latent_dim)
+    latent = latent_arg(latent_dim)
     name = generator_name(kind, latent, data)
     p = params("evaluate")
+    check_keys("evaluate", p, ("n_images", "sets", "sets_by_latent", "seed"), required=True)
+    for key in ("n_images", "sets", "seed"):
+        check_int("evaluate", key, p[key], minimum=0 if key == "seed" else 1)
+    if not isinstance(p["sets_by_latent"], dict):
+        raise ConfigError(f"params.yaml: `evaluate.sets_by_latent` must map latent sizes to set counts, got {p['sets_by_latent']!r}")
+    for key, value in p["sets_by_latent"].items():
+        check_int("evaluate.sets_by_latent", str(key), value, minimum=1)
     gen_params = model_params(kind, data)
     # Table 4.1 used more sets for some latent sizes; other training sets (Fashion: 10) use `sets`.
     sets = p["sets"] if data is not None else p["sets_by_latent"].get(latent, p["sets"])
     protocol = FidProtocol(p["n_images"], sets, p["seed"])
-    dataset, digit = gen_params["dataset"], gen_params.get("digit")
+    dataset, digit = gen_params["dataset"], gen_params["digit"]
     real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
     device = default_device()
-    classifier = load_state_dict(build_classifier(params("train_classifier")), f"models/classifier/{dataset}.pt", device)
-    generate = load_generator(kind, gen_params, params("sampling"), latent, device=device, data=data)
+    classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
+    _, generate = load_generator(model_path(kind, latent, data=data), params("sampling"), device=device)
     grid_path = f"metrics/fid/samples/{name}.png"
 
     with stage_run(f"evaluate_{name}", params={"protocol": p, "sets": protocol.sets}, dataset=dataset,

@@ -8,7 +8,8 @@ from pathlib import Path
 from _stage import params, stage
 
 from sarnet.files import write_json, write_text
-from sarnet.generators import generator_name
+from sarnet.names import generator_name
+from sarnet.params import check_keys
 from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
 from sarnet.tracking import stage_run
 
@@ -44,6 +45,7 @@ def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
 @stage
 def main() -> None:
     p = params("fid_table")
+    check_keys("fid_table", p, ("thesis", "calibration_row"), required=True)
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
     paths = [OUT / "fid" / f"{generator_name(k, L, d)}.json" for k, L, d in _evaluated()]

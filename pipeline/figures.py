@@ -14,9 +14,11 @@ from sarnet.errors import ConfigError
 from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
 from sarnet.figures import save_grid, save_rgb_grid
 from sarnet.files import write_json
-from sarnet.models import build_model
+from sarnet.loader import load_model
+from sarnet.model_files import SUFFIX
+from sarnet.params import check_keys
 from sarnet.tracking import stage_run
-from sarnet.training import default_device, load_state_dict
+from sarnet.device import default_device
 
 
 def _test_images(images: np.ndarray, index: list[int], what: str) -> torch.Tensor:
@@ -39,17 +41,23 @@ def _interpolation_pairs(p: dict, labels: np.ndarray) -> list[list[int]]:
     return pairs
 
 
+FIGURE_KEYS = {"model", "dataset", "digit", "seed", "inpaint_index", "importance_index", "targets", "k", "steps"}
+INPAINT_KEYS = ("keep_patches", "n_styles", "z_scale", "threshold")
+
+
 @stage
 def main(figure_set: str) -> None:
     sets = params("figures")
     if figure_set not in sets:
         raise ConfigError(f"params.yaml: no figure set {figure_set!r} under `figures` (have: {', '.join(sets)})")
     p = sets[figure_set]
+    check_keys(f"figures.{figure_set}", p, FIGURE_KEYS | {"interpolate_pairs", "interpolate_labels"})
+    check_keys(f"figures.{figure_set}", {k: v for k, v in p.items() if k in FIGURE_KEYS}, FIGURE_KEYS, required=True)
     sampling = params("sampling")
     inpaint, threshold = sampling["inpaint"], sampling["sarnet_vae"]["threshold"]
-    latent = int(p["model"].rsplit("_L", 1)[1])
-    model = load_state_dict(build_model("sarnet_vae", params("sarnet_vae"), latent),
-                            f"models/sarnet_vae/{p['model']}.pt", default_device()).eval()
+    check_keys("sampling.inpaint", inpaint, INPAINT_KEYS, required=True)
+    model = load_model(f"models/sarnet_vae/{p['model']}{SUFFIX}", default_device(), kind="sarnet_vae")
+    latent = model.latent_dim
     test = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit")).test
     out = {name: f"metrics/figures/{figure_set}_{name}.png" for name in ("inpainting", "importance", "interpolation")}
 
@@ -57,8 +65,7 @@ def main(figure_set: str) -> None:
                    dataset=p["dataset"], tags={"model": "sarnet_vae", "latent_dim": latent}) as tracker:
         # (a) each row: a test image, its kept top part, then completions in n_styles styles
         rows = inpainting_rows(model, _test_images(test.images, p["inpaint_index"], "inpaint"),
-                               inpaint["keep_patches"], inpaint["n_styles"], torch.Generator().manual_seed(p["seed"]),
-                               z_scale=inpaint["z_scale"], threshold=inpaint["threshold"])
+                               torch.Generator().manual_seed(p["seed"]), **inpaint)
         save_grid(rows.flatten(0, 1), out["inpainting"], nrow=rows.shape[1])
 
         # (b) each row: one test image; each column: a target patch (white) and its top-k input patches

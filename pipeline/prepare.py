@@ -5,15 +5,18 @@ from _stage import elapsed, params, stage
 
 from sarnet.data import load_prepared, prepare_dataset
 from sarnet.files import write_json
+from sarnet.params import check_keys
 from sarnet.tracking import stage_run
 
 
 @stage
 def main(dataset: str) -> None:
     p = params("prepare")
+    check_keys("prepare", p, ("datasets", "data_dir", "download_dir"))  # `datasets` is dvc.yaml's foreach list
+    check_keys("prepare", {k: v for k, v in p.items() if k != "datasets"}, ("data_dir", "download_dir"), required=True)
     out = f"data/prepared/{dataset}.npz"
     with stage_run(f"prepare@{dataset}", params=p, dataset=dataset) as tracker:
-        summary = prepare_dataset(dataset, p.get("data_dir"), out, p.get("download_dir", "data/raw"))
+        summary = prepare_dataset(dataset, p["data_dir"], out, p["download_dir"])
         data = load_prepared(out)
         metrics = {
             "train_images": summary["train"],

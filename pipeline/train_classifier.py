@@ -3,9 +3,10 @@
 import torch
 from _stage import elapsed, params, stage
 
-from sarnet.classifier import accuracy, build_classifier, classification_loss
+from sarnet.classifier import ARCH_KEYS, accuracy, build_classifier, classification_loss
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.files import write_json
+from sarnet.model_files import SUFFIX
 from sarnet.tracking import stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
@@ -13,12 +14,12 @@ from sarnet.training import TrainConfig, fit, seed_everything
 @stage
 def main(dataset: str) -> None:
     p = params("train_classifier")
-    config = TrainConfig.from_params(p)
+    config = TrainConfig.from_params(p, "train_classifier", ARCH_KEYS + ("max_shift", "train_limit", "target_accuracy"))
     data = load_prepared(f"data/prepared/{dataset}.npz")
-    limit = p.get("train_limit")  # the CI profile trains on a slice
+    limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(data.train.images[:limit]), torch.from_numpy(data.train.labels[:limit]))
     test = (to_unit_tensor(data.test.images), torch.from_numpy(data.test.labels))
-    model_path = f"models/classifier/{dataset}.pt"
+    model_path = f"models/classifier/{dataset}{SUFFIX}"
 
     with stage_run(f"train_classifier@{dataset}", params=p, dataset=dataset) as tracker:
         seed_everything(config.seed)

@@ -5,40 +5,42 @@ Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [
 """
 
 import torch
-from _stage import elapsed, model_params, params, stage
+from _stage import DATA_KEYS, elapsed, latent_arg, model_params, params, stage
 
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.figures import save_grid
 from sarnet.files import write_json
-from sarnet.generators import generator_name
-from sarnet.models import build_model
-from sarnet.sampling import generate_model_samples
+from sarnet.names import generator_name, model_path
+from sarnet.params import check_data_keys
+from sarnet.models import build_model, generator_class
 from sarnet.tracking import stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
 
 @stage
 def main(kind: str, latent_dim: str | None = None, training_set: str | None = None) -> None:
+    latent = latent_arg(latent_dim)
+    name = generator_name(kind, latent, training_set)
     p = model_params(kind, training_set)
-    name = generator_name(kind, None if latent_dim is None else int(latent_dim), training_set)
-    config = TrainConfig.from_params(p)
-    prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
-    limit = p.get("train_limit")  # the CI profile trains on a slice
+    config = TrainConfig.from_params(p, kind, generator_class(kind).arch_keys + DATA_KEYS)
+    check_data_keys(kind if training_set is None else f"{kind}_data.{training_set}", p)
+    sampling = params("sampling")[kind]
+    prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
+    limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)
     test = (to_unit_tensor(prepared.test.images).flatten(1),)
-    model_path = f"models/{kind}/{name}.pt"
+    out_path = model_path(kind, latent, data=training_set)
     grid_path = f"metrics/samples/{name}.png"
 
-    with stage_run(f"train_{name}", params=p | {"latent_dim": latent_dim}, dataset=p["dataset"],
+    with stage_run(f"train_{name}", params=p | {"latent_dim": latent}, dataset=p["dataset"],
                    tags={"model": kind, "training_set": training_set or "default"}) as tracker:
         seed_everything(config.seed)
-        model = build_model(kind, p, latent_dim)
+        model = build_model(kind, p, latent)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,
-                      checkpoint_path=f"checkpoints/{name}.pt", final_path=model_path, test_data=test,
+                      checkpoint_path=f"checkpoints/{name}.pt", final_path=out_path, test_data=test,
                       history_path=f"metrics/train/{name}_history.csv", logger=tracker)
         model.cpu().eval()
-        samples = generate_model_samples(kind, model, 100, torch.Generator().manual_seed(config.seed), params("sampling"))
-        save_grid(samples, grid_path)
+        save_grid(model.generate(100, config.seed, sampling), grid_path)
         best = min(history, key=lambda r: r.test_loss)
         metrics = {
             "final_train_loss": round(history[-1].train_loss, 4),
@@ -52,7 +54,7 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
         }
         write_json(f"metrics/train/{name}.json", metrics)
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if k != "epochs"})
-        tracker.log_artifact(model_path, "model")
+        tracker.log_artifact(out_path, "model")
         tracker.log_artifact(grid_path, "samples")
         tracker.log_artifact(f"metrics/train/{name}_history.csv")
         print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import torch
-from _stage import elapsed, params, stage
+from _stage import DATA_KEYS, elapsed, params, stage
 from tqdm import tqdm
 
 from sarnet.data import load_prepared
@@ -20,9 +20,10 @@ MODEL_DIR = "models/gen_xgboost"
 @stage
 def main() -> None:
     p = params("gen_xgboost")
-    config = GenXGBConfig.from_params(p)  # bad params fail here, before any training
-    data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit"))
-    train = data.train.images[: p.get("train_limit")].astype(np.float32) / 255.0
+    config = GenXGBConfig.from_params(p, DATA_KEYS + ("keep_patches",))  # bad params fail here, before any training
+    sampling = params("sampling")["gen_xgboost"]
+    data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
+    train = data.train.images[: p["train_limit"]].astype(np.float32) / 255.0
     test = data.test.images.astype(np.float32) / 255.0
 
     with stage_run("train_xgboost", params=p, dataset=p["dataset"], tags={"model": "gen_xgboost"}) as tracker:
@@ -33,7 +34,7 @@ def main() -> None:
         model.save(MODEL_DIR)
 
         started = time.perf_counter()
-        samples = model.generate(10_000, seed=config.seed)
+        samples = model.generate(10_000, config.seed, sampling)
         generation_seconds = time.perf_counter() - started
         save_grid(torch.from_numpy(samples[:100]), "metrics/samples/gen_xgboost.png")
 

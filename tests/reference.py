@@ -1,4 +1,7 @@
-"""Independent references shared by the tests, written from the spec's words, not from the library."""
+"""Independent references shared by the tests, written from the spec's words, not from the library;
+then the thesis architecture (params.yaml) as small builders, so tests do not repeat its literals."""
+
+import torch
 
 
 def unit_patches(channels: int = 1, size: int = 28, patch: int = 4) -> list[int]:
@@ -11,3 +14,55 @@ def unit_patches(channels: int = 1, size: int = 28, patch: int = 4) -> list[int]
         col = u % size
         out.append((r // patch) * grid + (col // patch))
     return out
+
+
+def reference_sample(decoder, z: torch.Tensor, threshold: float) -> torch.Tensor:
+    """docs/protocol.md "Sampling", as a plain loop: start all-zero; for i = 1..48 run the decoder on
+    the whole image, take output patch i, set pixels < threshold to 0, write it in. Patch 0 stays black."""
+    patch = torch.tensor(unit_patches())
+    img = torch.zeros(len(z), 784, dtype=z.dtype)
+    with torch.no_grad():
+        for i in range(1, 49):
+            out = decoder(img, z)
+            units = patch == i
+            vals = out[:, units]
+            img[:, units] = torch.where(vals < threshold, torch.zeros_like(vals), vals)
+    return img.view(-1, 28, 28)
+
+
+# ---------------------------------------------------------------- the thesis architecture and sampling settings
+
+HIDDEN = [[2, 14, 2], [2, 28, 4]]  # params.yaml `hidden` of sarnet and sarnet_vae
+PATCH = 4
+SAMPLING = {  # params.yaml `sampling`
+    "sarnet_vae": {"threshold": 0.105},
+    "sarnet": {"alpha_max": 0.65, "p_earlier": 0.3, "threshold": 0.15, "refine": True, "temperature": 0.3},
+    "conv_vae": {"batch_size": 2000},
+    "inpaint": {"keep_patches": 24, "n_styles": 8, "z_scale": 0.6667, "threshold": 0.15},
+}
+
+
+def vae(latent_dim: int):
+    """A SarNET VAE of the thesis architecture."""
+    from sarnet.models import SarNetVAE
+
+    return SarNetVAE(latent_dim, HIDDEN, PATCH)
+
+
+def sarnet(classes: int = 0, loss_power: float = 1.0, hidden=HIDDEN):
+    """A simple SarNET of the thesis architecture (regression unless `classes`)."""
+    from sarnet.models import SarNet
+
+    return SarNet(hidden, PATCH, classes, loss_power)
+
+
+def spread_vae(latent_dim: int, seed: int = 0):
+    """A SarNET VAE whose outputs straddle the threshold (some pixels zeroed, some kept), so the
+    threshold and the feedback of written patches matter; default init gives ~0.5 everywhere."""
+    torch.manual_seed(seed)
+    model = vae(latent_dim)
+    with torch.no_grad():
+        for layer in model.decoder.layers:
+            layer.weight.mul_(2.5)
+        model.decoder.layers[-1].bias.uniform_(-3.5, 1.5)
+    return model

@@ -1,38 +1,63 @@
 """The `sarnet` command line on small models it trains nothing for (random weights suffice)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
 from sarnet.cli import main
+from sarnet.model_files import save_model
 from sarnet.models import ConvVAE, SarNet, SarNetVAE
-from sarnet.training import save_state_dict
+
+PARAMS = str(Path(__file__).resolve().parents[1] / "params.yaml")
+HIDDEN = [[2, 14, 2], [2, 28, 4]]
 
 
 @pytest.fixture
 def vae_file(tmp_path):
     torch.manual_seed(0)
-    path = tmp_path / "vae.pt"
-    save_state_dict(SarNetVAE(8), path)
+    path = tmp_path / "vae.safetensors"
+    save_model(SarNetVAE(8, HIDDEN, 4), path)
     return path
 
 
 def test_sample_writes_png_grid_and_npz(vae_file, tmp_path):
     main(["sample", "--model", str(vae_file), "-n", "12", "--nrow", "4", "--out", str(tmp_path / "s.png"),
-          "--npz", str(tmp_path / "s.npz"), "--params", str(tmp_path / "none.yaml")])
+          "--npz", str(tmp_path / "s.npz"), "--params", PARAMS])
     width, height = Image.open(tmp_path / "s.png").size
     assert (width, height) == (4 * 30 + 2, 3 * 30 + 2)  # 28-pixel tiles with 2-pixel padding
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (12, 28, 28) and images.min() >= 0 and images.max() <= 1
 
 
-@pytest.mark.parametrize("model", [ConvVAE(4), SarNet()])
-def test_sample_recognises_other_model_kinds(model, tmp_path):
-    save_state_dict(model, tmp_path / "m.pt")
-    main(["sample", "--model", str(tmp_path / "m.pt"), "-n", "3", "--out", str(tmp_path / "m.png"),
-          "--npz", str(tmp_path / "m.npz"), "--params", "params.yaml"])
-    assert np.load(tmp_path / "m.npz")["images"].shape == (3, 28, 28)
+@pytest.mark.parametrize("model", [ConvVAE(4), SarNet(HIDDEN, 4, 0, 1.0), SarNet(HIDDEN, 4, 4, 1.0)],
+                         ids=["conv_vae", "sarnet", "sarnet_classes"])
+def test_sample_builds_any_model_kind_from_its_file(model, tmp_path):
+    save_model(model, tmp_path / "m.safetensors")
+    main(["sample", "--model", str(tmp_path / "m.safetensors"), "-n", "3", "--seed", "4", "--out", str(tmp_path / "m.png"),
+          "--npz", str(tmp_path / "m.npz"), "--params", PARAMS])
+    images = np.load(tmp_path / "m.npz")["images"]
+    settings = yaml.safe_load(Path(PARAMS).read_text())["sampling"][model.kind]
+    np.testing.assert_array_equal(images, model.eval().generate(3, 4, settings).numpy())  # the file's model, its settings
+
+
+def test_sample_threshold_comes_from_params_unless_given(vae_file, tmp_path):
+    params = yaml.safe_load(Path(PARAMS).read_text())
+    params["sampling"]["sarnet_vae"]["threshold"] = 0.5
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    runs = {"params_0.5": ["--params", str(tmp_path / "p.yaml")],
+            "flag_0.5": ["--params", PARAMS, "--threshold", "0.5"], "params_0.105": ["--params", PARAMS]}
+    images = {}
+    for name, extra in runs.items():
+        main(["sample", "--model", str(vae_file), "-n", "4", "--out", str(tmp_path / f"{name}.png"),
+              "--npz", str(tmp_path / f"{name}.npz"), *extra])
+        images[name] = np.load(tmp_path / f"{name}.npz")["images"]
+    np.testing.assert_array_equal(images["params_0.5"], images["flag_0.5"])
+    assert not np.array_equal(images["params_0.5"], images["params_0.105"])
+    assert ((images["params_0.5"] == 0) | (images["params_0.5"] >= 0.5)).all()
 
 
 def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
@@ -53,17 +78,33 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--model", "no/such/model.pt"], "no such model file"),
+    (["sample", "--model", "no/such/model.safetensors"], "no such model file"),
     (["sample", "--model", "VAE", "-n", "0"], "-n must be >= 1"),
+    (["sample", "--model", "VAE", "--nrow", "0"], "--nrow must be >= 1"),
+    (["sample", "--model", "VAE", "--threshold", "nan"], "--threshold must be in [0, 1]"),
+    (["sample", "--model", "VAE", "--params", "no/such/params.yaml"], "params file not found"),
+    (["sample", "--model", "CLASSIFIER"], "needs a sarnet or sarnet_vae or conv_vae model, this is a classifier"),
+    (["sample", "--model", "PICKLE"], "not a sarnet model file"),
     (["inpaint", "--model", "VAE", "--keep-patches", "0"], "--keep-patches must be in 1..49"),
+    (["sample", "--model", "VAE", "--out", "DIR"], "a directory; give a file name"),
+    (["sample", "--model", "VAE", "--out", "DIR/s.png", "--npz", "FILE/s.npz"], "cannot write into"),
 ])
-def test_bad_input_gives_one_line_error(argv, message, vae_file, capsys):
-    argv = [str(vae_file) if a == "VAE" else a for a in argv]
+def test_bad_input_gives_one_line_error(argv, message, vae_file, tmp_path, capsys):
+    from sarnet.classifier import MnistClassifier
+
+    save_model(MnistClassifier([4, 8], 16, 0.1), tmp_path / "classifier.safetensors")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "old.pt")
+    (tmp_path / "a-file").write_text("")
+    names = {"VAE": str(vae_file), "CLASSIFIER": str(tmp_path / "classifier.safetensors"), "PICKLE": str(tmp_path / "old.pt"),
+             "DIR": str(tmp_path), "DIR/s.png": str(tmp_path / "s.png"), "FILE/s.npz": str(tmp_path / "a-file" / "s.npz")}
+    argv = [names.get(a, a) for a in argv] + (["--params", PARAMS] if "--params" not in argv else [])
+    argv += [] if "--out" in argv else ["--out", str(tmp_path / "s.png")]
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "s.png").exists() and [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
 @pytest.fixture
@@ -77,13 +118,13 @@ def data_file(tmp_path):
     return path, images, labels
 
 
-@pytest.mark.parametrize("model", [SarNetVAE(4), SarNet()], ids=["sarnet_vae", "sarnet"])
+@pytest.mark.parametrize("model", [SarNetVAE(4, HIDDEN, 4), SarNet(HIDDEN, 4, 0, 1.0)], ids=["sarnet_vae", "sarnet"])
 def test_explain_writes_one_overlay_per_target(model, data_file, tmp_path):
     path, images, labels = data_file
-    save_state_dict(model, tmp_path / "m.pt")
-    main(["explain", "--model", str(tmp_path / "m.pt"), "--data", str(path), "--digit", "5", "--index", "1",
+    save_model(model, tmp_path / "m.safetensors")
+    main(["explain", "--model", str(tmp_path / "m.safetensors"), "--data", str(path), "--digit", "5", "--index", "1",
           "--targets", "20", "27", "33", "--out", str(tmp_path / "e.png"), "--npz", str(tmp_path / "e.npz"),
-          "--params", str(tmp_path / "none.yaml")])
+          "--params", PARAMS])
     width, height = Image.open(tmp_path / "e.png").size
     assert (width, height) == (3 * (4 * 28 + 2) + 2, 4 * 28 + 2 + 2)  # ×4 tiles in one row, 2-pixel padding
     saved = np.load(tmp_path / "e.npz")
@@ -96,7 +137,7 @@ def test_explain_writes_one_overlay_per_target(model, data_file, tmp_path):
 def test_interpolate_writes_the_path_between_two_labels(vae_file, data_file, tmp_path):
     path, images, _ = data_file
     main(["interpolate", "--model", str(vae_file), "--data", str(path), "--pair", "4", "3", "--steps", "6",
-          "--out", str(tmp_path / "p.png"), "--npz", str(tmp_path / "p.npz"), "--params", str(tmp_path / "none.yaml")])
+          "--out", str(tmp_path / "p.png"), "--npz", str(tmp_path / "p.npz"), "--params", PARAMS])
     width, height = Image.open(tmp_path / "p.png").size
     assert (width, height) == (8 * 30 + 2, 30 + 2)  # original A, 6 steps, original B
     saved = np.load(tmp_path / "p.npz")
@@ -106,22 +147,31 @@ def test_interpolate_writes_the_path_between_two_labels(vae_file, data_file, tmp
 
 @pytest.mark.parametrize("argv, message", [
     (["explain", "--model", "VAE", "--data", "DATA", "--targets", "20", "49"], "target patch 49 is outside the 7×7 grid (0..48)"),
-    (["explain", "--model", "CONV", "--data", "DATA"], "patch importance needs a SarNET or SarNET VAE, this is a conv_vae"),
+    (["explain", "--model", "CONV", "--data", "DATA"], "needs a sarnet_vae or sarnet model, this is a conv_vae"),
+    (["explain", "--model", "VAE", "--data", "DATA", "--figure-set", "nope"], "no `figures.nope` section"),
     (["explain", "--model", "VAE", "--data", "no/such/data.npz"], "prepared data missing"),
     (["explain", "--model", "VAE", "--data", "DATA", "--index", "3"], "--index must be in 0..2"),
-    (["interpolate", "--model", "CONV", "--data", "DATA"], "interpolation needs a SarNET VAE, this is a conv_vae"),
+    (["interpolate", "--model", "CONV", "--data", "DATA"], "needs a sarnet_vae model, this is a conv_vae"),
     (["interpolate", "--model", "VAE", "--data", "DATA", "--steps", "1"], "--steps must be >= 2"),
     (["interpolate", "--model", "VAE", "--data", "DATA", "--pair", "4", "7"], "no test image with label 7"),
     (["interpolate", "--model", "VAE", "--data", "DATA", "--digit", "5", "--pair", "4", "5"], "leave --digit at -1"),
     (["interpolate", "--model", "VAE", "--data", "no/such/data.npz"], "prepared data missing"),
 ])
 def test_explain_and_interpolate_bad_input_gives_one_line_error(argv, message, vae_file, data_file, tmp_path, capsys):
-    save_state_dict(ConvVAE(4), tmp_path / "conv.pt")
-    names = {"VAE": str(vae_file), "CONV": str(tmp_path / "conv.pt"), "DATA": str(data_file[0])}
-    argv = [names.get(a, a) for a in argv] + ["--out", str(tmp_path / "x.png"), "--params", str(tmp_path / "none.yaml")]
+    save_model(ConvVAE(4), tmp_path / "conv.safetensors")
+    names = {"VAE": str(vae_file), "CONV": str(tmp_path / "conv.safetensors"), "DATA": str(data_file[0])}
+    argv = [names.get(a, a) for a in argv] + ["--out", str(tmp_path / "x.png"), "--params", PARAMS]
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_explain_defaults_come_from_the_figure_set_in_params(vae_file, data_file, tmp_path):
+    path, _, _ = data_file
+    main(["explain", "--model", str(vae_file), "--data", str(path), "--digit", "5", "--out", str(tmp_path / "e.png"),
+          "--npz", str(tmp_path / "e.npz"), "--params", PARAMS])
+    figure = yaml.safe_load(Path(PARAMS).read_text())["figures"]["mnist_5"]
+    assert np.load(tmp_path / "e.npz")["targets"].tolist() == figure["targets"]

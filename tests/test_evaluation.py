@@ -17,8 +17,10 @@ from torch import nn
 
 from sarnet.errors import ConfigError, DataError
 from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.generators import generator_name, load_generator, model_path
+from sarnet.generators import load_generator
+from sarnet.names import generator_name, model_path
 from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
+from reference import SAMPLING
 
 
 class LinearFeatures(nn.Module):
@@ -115,7 +117,7 @@ def test_bad_protocol_and_bad_generator_are_clear_errors(pool):
 
 def test_generator_names_and_paths():
     assert generator_name("sarnet_vae", 128) == "sarnet_vae_L128"
-    assert str(model_path("conv_vae", 8)) == "models/conv_vae/conv_vae_L8.pt"
+    assert str(model_path("conv_vae", 8)) == "models/conv_vae/conv_vae_L8.safetensors"
     assert str(model_path("gen_xgboost")) == "models/gen_xgboost"  # the folder train_xgboost writes
     for bad in (("vae", None), ("sarnet_vae", None), ("sarnet", 4)):
         with pytest.raises(ConfigError):
@@ -124,26 +126,27 @@ def test_generator_names_and_paths():
 
 def test_other_training_sets_get_their_own_names():
     assert generator_name("sarnet_vae", 128, "fashion") == "sarnet_vae_fashion_L128"
-    assert str(model_path("sarnet_vae", 128, data="mnist_all")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.pt"
+    assert str(model_path("sarnet_vae", 128, data="mnist_all")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.safetensors"
     for bad in (("sarnet", None, "fashion"), ("sarnet_vae", 128, "../x"), ("sarnet_vae", 128, "Fashion")):
         with pytest.raises(ConfigError):
             generator_name(*bad)
 
 
 def test_missing_model_file_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="no trained model"):
-        load_generator("conv_vae", {}, {}, 8, path=tmp_path / "absent.pt")
+    with pytest.raises(DataError, match="no such model file"):
+        load_generator(tmp_path / "absent.safetensors", SAMPLING)
 
 
 def test_loaded_generator_reproduces_the_saved_model(tmp_path):
+    from sarnet.model_files import save_model
     from sarnet.models import ConvVAE
-    from sarnet.training import save_state_dict
 
     torch.manual_seed(0)
     model = ConvVAE(4)
-    save_state_dict(model, tmp_path / "m.pt")
-    generate = load_generator("conv_vae", {}, {}, 4, path=tmp_path / "m.pt")
-    expected = model.sample(5, torch.Generator().manual_seed(11))
+    save_model(model, tmp_path / "m.safetensors")
+    kind, generate = load_generator(tmp_path / "m.safetensors", SAMPLING)
+    assert kind == "conv_vae"
+    expected = model.sample(5, torch.Generator().manual_seed(11), **SAMPLING["conv_vae"])
     assert torch.equal(generate(5, 11), expected)
 
 

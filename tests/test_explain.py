@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from reference import unit_patches
+from reference import SAMPLING, sarnet, unit_patches, vae
 from sarnet.errors import ConfigError
 from sarnet.explain import (importance_figure, importance_overlay, inpainting_rows, interpolate, interpolation_codes,
                             interpolation_row, patch_importance, pixel_patch_map, top_patches)
-from sarnet.models import ConvVAE, LayerShape, SarNet, SarNetVAE
+from sarnet.models import ConvVAE, SarNetVAE
 
 N_PATCHES = 49  # 28² image in 4² patches: a 7×7 grid
+THRESHOLD = SAMPLING["sarnet_vae"]["threshold"]
+INPAINT = {k: SAMPLING["inpaint"][k] for k in ("z_scale", "threshold")}
 
 
 def allowed_patches(target: int) -> set[int]:
     """Input patches a first (type a) layer lets output patch `target` see: patch 0 sees patch 0,
-    patch o > 0 sees patches 0..o−1 (REFERENCE.md / thesis §3.2)."""
+    patch o > 0 sees patches 0..o−1 (docs/protocol.md "Models" / thesis §3.2)."""
     return {0} if target == 0 else set(range(target))
 
 
@@ -26,7 +28,7 @@ def random_image(seed: int) -> torch.Tensor:
 
 def small_models() -> list[torch.nn.Module]:
     torch.manual_seed(0)
-    return [SarNetVAE(4), SarNet(), SarNet(classes=4)]
+    return [vae(4), sarnet(), sarnet(classes=4)]
 
 
 @pytest.mark.parametrize("model", small_models(), ids=["sarnet_vae", "sarnet", "sarnet_classes"])
@@ -43,7 +45,7 @@ def test_importance_is_zero_exactly_where_the_mask_forbids(model):
 
 def test_importance_ignores_the_latent_and_black_patches():
     torch.manual_seed(0)
-    model = SarNetVAE(4)
+    model = vae(4)
     image = random_image(2)
     image[:4, :4] = 0  # patch 0 black: no pixel there contributes
     importance = patch_importance(model, image, 30)
@@ -79,8 +81,8 @@ def brute_force_importance(model: torch.nn.Module, x: list[float], target: int) 
 @pytest.mark.parametrize("target", [0, 1, 24, 48])
 def test_importance_matches_brute_force(target):
     torch.manual_seed(3)
-    # A small hidden layer (1 channel, 7², 1² patches) keeps the loops short; the vae uses the default.
-    for model in (SarNetVAE(4).double(), SarNet(hidden=(LayerShape(1, 7, 1),)).double()):
+    # A small hidden layer (1 channel, 7², 1² patches) keeps the loops short; the vae has the thesis architecture.
+    for model in (vae(4).double(), sarnet(hidden=[[1, 7, 1]]).double()):
         image = random_image(4 + target)
         expected = brute_force_importance(model, image.double().flatten().tolist(), target)
         got = patch_importance(model.double(), image.double(), target)
@@ -90,14 +92,14 @@ def test_importance_matches_brute_force(target):
 @pytest.mark.parametrize("target", [-1, 49, 100])
 def test_target_outside_the_grid_is_a_config_error(target):
     with pytest.raises(ConfigError, match=r"outside the 7×7 grid \(0\.\.48\)"):
-        patch_importance(SarNetVAE(4), random_image(0), target)
+        patch_importance(vae(4), random_image(0), target)
 
 
 def test_conv_vae_and_bad_image_are_config_errors():
     with pytest.raises(ConfigError, match="SarNET or SarNET VAE"):
         patch_importance(ConvVAE(4), random_image(0), 3)
     with pytest.raises(ConfigError, match="784 pixels"):
-        patch_importance(SarNetVAE(4), torch.zeros(27, 27), 3)
+        patch_importance(vae(4), torch.zeros(27, 27), 3)
 
 
 def test_top_patches_scales_the_top_k_min_max():
@@ -156,29 +158,29 @@ def test_interpolation_codes_hit_the_endpoints_bit_for_bit():
 
 def test_interpolate_decodes_the_encoder_means():
     torch.manual_seed(6)
-    model = SarNetVAE(4).double().eval()
+    model = vae(4).double().eval()
     a, b = random_image(7).double(), random_image(8).double()
     with torch.no_grad():  # the encoder mean, read straight off the encoder
         mu = model.encoder.mu(model.encoder.features(torch.stack([a, b])[:, None]))
-    out = interpolate(model, a, b, steps=5, threshold=0.105)
+    out = interpolate(model, a, b, steps=5, threshold=THRESHOLD)
     assert out.shape == (5, 28, 28)
-    ends = model.sample(2, z=mu, threshold=0.105)
+    ends = model.sample(2, z=mu, threshold=THRESHOLD)
     torch.testing.assert_close(out[0], ends[0], rtol=0, atol=1e-12)
     torch.testing.assert_close(out[-1], ends[1], rtol=0, atol=1e-12)
     assert not torch.equal(out[0], out[-1])
     with pytest.raises(ConfigError, match="steps >= 2"):
-        interpolate(model, a, b, steps=1)
+        interpolate(model, a, b, steps=1, threshold=THRESHOLD)
     with pytest.raises(ConfigError, match="SarNET VAE"):
-        interpolate(SarNet(), a, b, steps=3)
+        interpolate(sarnet(), a, b, steps=3, threshold=THRESHOLD)
 
 
 # ---------------------------------------------------------------- the figures' panels
 def test_inpainting_rows_show_original_kept_part_and_styles_with_kept_patches_bit_identical():
     torch.manual_seed(9)
-    model = SarNetVAE(4).eval()
+    model = vae(4).eval()
     images = torch.stack([random_image(10), random_image(11)])
     keep = 24
-    rows = inpainting_rows(model, images, keep, n_styles=3, generator=torch.Generator().manual_seed(1))
+    rows = inpainting_rows(model, images, torch.Generator().manual_seed(1), keep_patches=keep, n_styles=3, **INPAINT)
     assert rows.shape == (2, 5, 28, 28)
     kept = torch.tensor(unit_patches()).reshape(28, 28) < keep  # independent patch map
     for image, row in zip(images, rows):
@@ -188,14 +190,14 @@ def test_inpainting_rows_show_original_kept_part_and_styles_with_kept_patches_bi
             assert torch.equal(style[kept], image[kept])
         assert not torch.equal(row[2][~kept], row[3][~kept])  # styles differ where generated
     with pytest.raises(ConfigError, match="keep_patches"):
-        inpainting_rows(model, images, 50, n_styles=2)
+        inpainting_rows(model, images, None, keep_patches=50, n_styles=2, **INPAINT)
     with pytest.raises(ConfigError, match="SarNET VAE"):
-        inpainting_rows(SarNet(), images, keep, n_styles=2)
+        inpainting_rows(sarnet(), images, None, keep_patches=keep, n_styles=2, **INPAINT)
 
 
 def test_importance_figure_panels_match_single_target_calls_and_check_targets_first():
     torch.manual_seed(12)
-    model = SarNetVAE(4).eval()
+    model = vae(4).eval()
     image = random_image(13)
     importance, overlays = importance_figure(model, image, [5, 30], k=3)
     assert overlays.shape == (2, 28, 28, 3)
@@ -203,16 +205,16 @@ def test_importance_figure_panels_match_single_target_calls_and_check_targets_fi
         np.testing.assert_allclose(row, patch_importance(model, image, target).double().numpy())
         assert set(np.flatnonzero(row)) <= allowed_patches(target)
     with pytest.raises(ConfigError, match="outside"):
-        importance_figure(model, image, [5, 49])
+        importance_figure(model, image, [5, 49], k=3)
     with pytest.raises(ConfigError, match="k must be"):
         importance_figure(model, image, [5], k=0)
 
 
 def test_interpolation_row_is_framed_by_the_two_originals():
     torch.manual_seed(14)
-    model = SarNetVAE(4).eval()
+    model = vae(4).eval()
     a, b = random_image(15), random_image(16)
-    row = interpolation_row(model, a, b, steps=4)
+    row = interpolation_row(model, a, b, steps=4, threshold=THRESHOLD)
     assert row.shape == (6, 28, 28)
     assert torch.equal(row[0], a) and torch.equal(row[-1], b)
-    torch.testing.assert_close(row[1:-1], interpolate(model, a, b, steps=4), rtol=0, atol=0)
+    torch.testing.assert_close(row[1:-1], interpolate(model, a, b, steps=4, threshold=THRESHOLD), rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """Generative XGBoost: patch layout, autoregressive features, determinism, persistence, bad params."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,15 @@ from sarnet.gen_xgboost import (GenerativeXGBoost, GenXGBConfig, feature_table, 
                                 predictor_width, to_patches)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+# A complete configuration (GenXGBConfig has no defaults): the thesis's model with 256 histogram bins.
+BASE = dict(patch=2, predictor_trees=50, predictor_depth=7, refiner_trees=40, refiner_depth=6, learning_rate=0.3,
+            max_bin=256, blur_sigma=1.0, multi_strategy="one_output_per_tree", workers=2, seed=0, alpha=1.5, i_max=78)
+SETTINGS = {"batch_size": 10_000}  # params.yaml sampling.gen_xgboost
+
+
+def config(**overrides):
+    return GenXGBConfig(**(BASE | overrides))
 
 
 def real_or_synthetic_images(n=300):
@@ -58,9 +68,8 @@ def test_features_of_patch_i_are_pixels_and_means_of_earlier_patches():
 
 @pytest.fixture(scope="module")
 def small_model():
-    config = GenXGBConfig(patch=7, predictor_trees=4, predictor_depth=3, refiner_trees=3, refiner_depth=2, seed=3,
-                          i_max=10)
-    model = GenerativeXGBoost(config)
+    model = GenerativeXGBoost(config(patch=7, predictor_trees=4, predictor_depth=3, refiner_trees=3, refiner_depth=2,
+                                     seed=3, i_max=10))
     model.fit(real_or_synthetic_images())
     return model
 
@@ -88,14 +97,14 @@ def test_reconstruction_keeps_given_patches(small_model):
 
 
 def test_same_seed_same_images(small_model):
-    a = small_model.generate(64, seed=5)
-    b = small_model.generate(64, seed=5)
-    c = small_model.generate(64, seed=6)
+    a = small_model.generate(64, 5, SETTINGS)
+    b = small_model.generate(64, 5, SETTINGS)
+    c = small_model.generate(64, 6, SETTINGS)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.shape == (64, 28, 28) and a.min() >= 0 and a.max() <= 1
     # batching does not change the images
-    np.testing.assert_array_equal(small_model.generate(64, seed=5, batch_size=64), a)
+    np.testing.assert_array_equal(small_model.generate(64, 5, {"batch_size": 64}), a)
 
 
 def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp_path):
@@ -108,16 +117,37 @@ def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp
     loaded = GenerativeXGBoost.load(tmp_path)
     images = real_or_synthetic_images(10)
     np.testing.assert_array_equal(loaded.reconstruct(images, 3), small_model.reconstruct(images, 3))
-    np.testing.assert_array_equal(loaded.generate(10, seed=1), small_model.generate(10, seed=1))
+    np.testing.assert_array_equal(loaded.generate(10, 1, SETTINGS), small_model.generate(10, 1, SETTINGS))
+
+
+@pytest.mark.parametrize("damage", ["truncated_booster", "garbage_booster", "config_not_json", "config_unknown_field"])
+def test_damaged_model_folder_gives_one_line(damage, small_model, tmp_path):
+    from sarnet.errors import DataError
+
+    small_model.save(tmp_path)
+    booster, config_file = tmp_path / "predictor_007.ubj", tmp_path / "config.json"
+    if damage == "truncated_booster":
+        booster.write_bytes(booster.read_bytes()[: booster.stat().st_size // 3])
+    elif damage == "garbage_booster":
+        booster.write_bytes(b"\x00\xff" * 50)
+    elif damage == "config_not_json":
+        config_file.write_text("{patch: 7,")
+    else:
+        config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"max_bins": 64}))
+    with pytest.raises(DataError) as info:
+        GenerativeXGBoost.load(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "Stack trace" not in message and str(tmp_path) in message
 
 
 @pytest.mark.parametrize("bad", [dict(patch=3), dict(patch=5), dict(predictor_trees=-1), dict(refiner_trees=0),
                                  dict(predictor_depth=0), dict(multi_strategy="both"), dict(learning_rate=0)])
 def test_bad_params_fail_before_training(bad):
+    config()  # the base configuration itself is valid
     with pytest.raises(ConfigError):
-        GenXGBConfig(**bad)
+        config(**bad)
 
 
 def test_untrained_model_refuses_to_generate():
     with pytest.raises(ConfigError):
-        GenerativeXGBoost(GenXGBConfig()).generate(2, seed=0)
+        GenerativeXGBoost(config()).generate(2, 0, SETTINGS)

@@ -1,4 +1,5 @@
-"""Whole models: autoregressive property through gradients, shapes, losses, quantisation, errors.
+"""Whole models: autoregressive property through gradients, shapes, losses, quantisation, errors,
+building from params sections, model files, sampling against a naive loop.
 
 Patch membership and the expected connectivity are rebuilt here with plain Python loops; losses
 are recomputed from their textbook formulas.
@@ -9,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
+from sarnet.classifier import MnistClassifier
 from sarnet.errors import ConfigError
-from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.loader import load_model
+from sarnet.model_files import SUFFIX, save_model
+from sarnet.models import ConvVAE, SarNet, SarNetVAE, build_model
 from sarnet.semidense import SemiDense
-from reference import unit_patches
+from reference import HIDDEN, PATCH, SAMPLING, reference_sample, sarnet, spread_vae, unit_patches, vae
 
 N_PATCHES = 49  # 28×28 images in 4×4 patches
 
@@ -47,19 +51,24 @@ def batch_jacobian(f, x):
     return j.permute(1, 0, 2)
 
 
+def make_vae(cls, latent_dim):
+    """A VAE of either kind, the SarNET VAE with the thesis architecture."""
+    return vae(latent_dim) if cls is SarNetVAE else cls(latent_dim)
+
+
 def regression_model():
     torch.manual_seed(0)
-    return SarNet().double()
+    return sarnet().double()
 
 
 def classification_stack():
     torch.manual_seed(1)
-    return SarNet(classes=4).double().stack
+    return sarnet(classes=4).double().stack
 
 
 def vae_decoder():
     torch.manual_seed(2)
-    return SarNetVAE(latent_dim=8).double().decoder
+    return vae(latent_dim=8).double().decoder
 
 
 # ---------------------------------------------------------------- autoregressive property (full Jacobians)
@@ -131,7 +140,7 @@ def test_classification_stack_autoregressive(exact):
 
 def test_sarnet_classification_forward_is_stack_of_one_hot():
     torch.manual_seed(6)
-    model = SarNet(classes=4)
+    model = sarnet(classes=4)
     x = torch.randint(0, 256, (3, 784)).float() / 255
     classes = torch.div((x * 255).round().long(), 64, rounding_mode="floor")
     one_hot = torch.cat([(classes == c).float() for c in range(4)], dim=1)  # channel-major
@@ -146,7 +155,7 @@ def test_sarnet_classification_forward_is_stack_of_one_hot():
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_vae_forward_shapes_and_range(cls, latent, training):
     torch.manual_seed(7)
-    model = cls(latent).train(training)
+    model = make_vae(cls, latent).train(training)
     x = torch.rand(5, 784)
     recon, mu, logvar = model(x)
     assert recon.shape == (5, 784)
@@ -158,7 +167,7 @@ def test_vae_forward_shapes_and_range(cls, latent, training):
 @pytest.mark.parametrize("cls", [SarNetVAE, ConvVAE])
 def test_vae_eval_deterministic_train_stochastic(cls):
     torch.manual_seed(8)
-    model = cls(8)
+    model = make_vae(cls, 8)
     x = torch.rand(4, 784)
     model.eval()
     assert torch.equal(model(x)[0], model(x)[0])
@@ -168,8 +177,8 @@ def test_vae_eval_deterministic_train_stochastic(cls):
 
 def test_sarnet_forward_shapes():
     x = torch.rand(3, 784)
-    assert SarNet(classes=4)(x).shape == (3, 4, 784)
-    assert SarNet()(x).shape == (3, 784)
+    assert sarnet(classes=4)(x).shape == (3, 4, 784)
+    assert sarnet()(x).shape == (3, 784)
 
 
 # ---------------------------------------------------------------- losses
@@ -182,7 +191,7 @@ def reference_vae_loss(x, recon, mu, logvar):
 
 def test_sarnet_vae_loss_matches_independent_formula():
     torch.manual_seed(9)
-    model = SarNetVAE(8).double().eval()
+    model = vae(8).double().eval()
     x = torch.rand(6, 784, dtype=torch.float64)
     with torch.no_grad():
         mu, logvar = model.encoder(x)
@@ -207,7 +216,7 @@ def test_conv_vae_loss_matches_independent_formula():
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_vae_loss_per_sample_finite_nonnegative(cls, training):
     torch.manual_seed(11)
-    model = cls(8).train(training)
+    model = make_vae(cls, 8).train(training)
     x = (torch.rand(5, 784) > 0.5).float()  # binary pixels: BCE is then a proper non-negative NLL
     loss = model.loss((x,))
     assert loss.shape == (5,)
@@ -221,7 +230,7 @@ def test_vae_loss_per_sample_finite_nonnegative(cls, training):
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_sarnet_regression_loss_matches_independent_formula(power):
     torch.manual_seed(12)
-    model = SarNet(loss_power=power).double()
+    model = sarnet(loss_power=power).double()
     with torch.no_grad():  # outputs near the data, so SSIM is not trivially ~0
         model.stack.layers[-1].bias.add_(0.3)
     x = torch.rand(4, 784, dtype=torch.float64)
@@ -242,7 +251,7 @@ def test_sarnet_regression_loss_of_identity_output_is_zero_part():
 
 def test_sarnet_classification_loss_is_mean_cross_entropy():
     torch.manual_seed(13)
-    model = SarNet(classes=4)
+    model = sarnet(classes=4)
     k = torch.randint(0, 256, (3, 784))
     x = k.float() / 255
     with torch.no_grad():
@@ -258,7 +267,7 @@ def test_sarnet_classification_loss_is_mean_cross_entropy():
 def test_sarnet_classification_works_in_double():
     """Like every other model, a classification SarNET converted with .double() must run forward and loss."""
     torch.manual_seed(14)
-    model = SarNet(classes=4)
+    model = sarnet(classes=4)
     x = torch.randint(0, 256, (3, 784)).float() / 255
     with torch.no_grad():
         ref = model(x)
@@ -273,7 +282,7 @@ def test_sarnet_classification_works_in_double():
 
 @pytest.mark.parametrize("classes", [2, 4, 8])
 def test_quantise_matches_floor_formula(classes):
-    model = SarNet(classes=classes)
+    model = sarnet(classes=classes)
     x = torch.tensor([k / 255 for k in range(256)], dtype=torch.float32)
     expected = torch.tensor([(k * 255 // 255) // (256 // classes) for k in range(256)])
     got = model.quantise(x)
@@ -284,12 +293,109 @@ def test_quantise_matches_floor_formula(classes):
 # ---------------------------------------------------------------- constructor errors
 
 @pytest.mark.parametrize("make", [
-    lambda: SarNetVAE(latent_dim=0),
-    lambda: SarNetVAE(latent_dim=-3),
+    lambda: SarNetVAE(latent_dim=0, hidden=HIDDEN, patch=PATCH),
+    lambda: SarNetVAE(latent_dim=-3, hidden=HIDDEN, patch=PATCH),
     lambda: ConvVAE(latent_dim=0),
-    lambda: SarNet(classes=1),
-    lambda: SarNet(classes=-2),
-], ids=["sarnetvae_L0", "sarnetvae_Lneg", "convvae_L0", "sarnet_c1", "sarnet_cneg"])
+    lambda: SarNet(HIDDEN, PATCH, classes=1, loss_power=1.0),
+    lambda: SarNet(HIDDEN, PATCH, classes=-2, loss_power=1.0),
+    lambda: SarNet([[2, 14]], PATCH, classes=0, loss_power=1.0),
+], ids=["sarnetvae_L0", "sarnetvae_Lneg", "convvae_L0", "sarnet_c1", "sarnet_cneg", "sarnet_bad_hidden"])
 def test_bad_constructor_args_raise(make):
     with pytest.raises(ConfigError):
         make()
+
+
+# ---------------------------------------------------------------- building from params.yaml sections
+
+def test_build_model_takes_the_architecture_from_the_section_and_requires_it():
+    section = {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0, "epochs": 3}  # epochs: training's
+    model = build_model("sarnet", section)
+    assert isinstance(model, SarNet) and model.classes == 4 and model.loss_power == 2.0
+    assert model.model_args == {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0}
+    vae_model = build_model("sarnet_vae", {"hidden": HIDDEN, "patch": PATCH}, latent_dim=16)
+    assert isinstance(vae_model, SarNetVAE) and vae_model.latent_dim == 16
+    assert isinstance(build_model("conv_vae", {}, latent_dim=8), ConvVAE)
+    with pytest.raises(ConfigError, match="'loss_power'"):
+        build_model("sarnet", {"hidden": HIDDEN, "patch": PATCH, "classes": 0})
+    with pytest.raises(ConfigError, match="'hidden'"):
+        build_model("sarnet_vae", {"patch": PATCH}, latent_dim=8)
+    with pytest.raises(ConfigError, match="latent"):
+        build_model("sarnet_vae", {"hidden": HIDDEN, "patch": PATCH})
+    with pytest.raises(ConfigError, match="unknown model kind"):
+        build_model("gan", {})
+
+
+# ---------------------------------------------------------------- model files
+
+ROUND_TRIP = {
+    "sarnet": lambda: sarnet(),
+    "sarnet_classes": lambda: sarnet(classes=4),
+    "sarnet_other_arch": lambda: sarnet(classes=0, loss_power=2.0, hidden=[[1, 7, 1], [3, 14, 2]]),
+    "sarnet_vae": lambda: vae(8),
+    "conv_vae": lambda: ConvVAE(8),
+    "classifier": lambda: MnistClassifier(channels=[4, 8], hidden=16, dropout=0.1),
+}
+
+
+def _outputs(model, x):
+    """Every tensor a model computes from x in eval mode (the VAEs: reconstruction, μ, log σ²)."""
+    if isinstance(model, MnistClassifier):
+        x = x.view(-1, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _move_off_init(model):
+    """Biases and batch-norm statistics start as constants: move them, so a file that lost any would show."""
+    g = torch.Generator().manual_seed(22)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.mul_(1.5)
+                m.num_batches_tracked.add_(7)
+    return model
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_every_model_kind_round_trips_through_its_file(name, tmp_path):
+    torch.manual_seed(21)
+    model = _move_off_init(ROUND_TRIP[name]()).eval()
+    path = tmp_path / f"{name}{SUFFIX}"
+    save_model(model, path)
+    loaded = load_model(path)  # the class, its arguments and its weights from the file alone
+    assert type(loaded) is type(model)
+    assert loaded.model_args == model.model_args and not loaded.training
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    x = torch.rand(3, 784, generator=torch.Generator().manual_seed(23))
+    for a, b in zip(_outputs(model, x), _outputs(loaded, x), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_loaded_generator_samples_like_the_saved_one(tmp_path):
+    model = spread_vae(8, seed=24).eval()
+    save_model(model, tmp_path / f"vae{SUFFIX}")
+    loaded = load_model(tmp_path / f"vae{SUFFIX}", kind="sarnet_vae")
+    settings = SAMPLING["sarnet_vae"]
+    a, b = loaded.generate(4, 25, settings), model.generate(4, 25, settings)
+    assert (a > 0).any() and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- SarNET VAE sampling against a naive loop
+
+@pytest.mark.parametrize("method", ["incremental", "naive"])
+def test_vae_sample_from_a_seeded_generator_equals_the_naive_loop(method):
+    """z ~ N(0, I) drawn from the caller's generator, then patches 1..48 in order by the plain loop
+    (reference.py): the decoder on the whole image, pixels < threshold -> 0."""
+    model = spread_vae(8, seed=26)
+    threshold = SAMPLING["sarnet_vae"]["threshold"]
+    got = model.sample(6, torch.Generator().manual_seed(27), threshold=threshold, method=method)
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(27))
+    expected = reference_sample(model.decoder, z, threshold)
+    assert (expected > 0).any() and (expected == 0).any()
+    assert (got - expected).abs().max().item() <= 1e-5

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_stage(tmp_path, script, *args, env=None, params=None):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params or {"prepare": {"data_dir": None}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params or {"prepare": {"data_dir": None, "download_dir": "data/raw"}}))
     environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "pipeline" / script), *args], cwd=tmp_path,
                           capture_output=True, text=True, env=environment, timeout=120)
@@ -75,7 +75,7 @@ def _load_stage_helpers(tmp_path, all_params):
 
 def test_training_set_entry_overrides_only_its_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = {"dataset": "mnist", "digit": 5, "epochs": 200, "lr": 0.001}
+    base = {"dataset": "mnist", "digit": 5, "train_limit": None, "epochs": 200, "lr": 0.001}
     helpers = _load_stage_helpers(tmp_path, {"sarnet_vae": base, "sarnet_vae_data": {
         "fashion": {"dataset": "fashion", "digit": None, "latent_dim": 128, "epochs": 20},
         "cifar": {"dataset": "cifar", "latent_dim": 128},
@@ -83,6 +83,7 @@ def test_training_set_entry_overrides_only_its_keys(tmp_path, monkeypatch):
     assert helpers.model_params("sarnet_vae") == base
     merged = helpers.model_params("sarnet_vae", "fashion")
     assert (merged["dataset"], merged["digit"], merged["epochs"], merged["lr"]) == ("fashion", None, 20, 0.001)
+    assert "latent_dim" not in merged  # the entry's latent dimension is the stage's argument, not a model param
     with pytest.raises(SarnetError, match=r"no training set 'boots'.*have: cifar, fashion, typo"):
         helpers.model_params("sarnet_vae", "boots")
     with pytest.raises(SarnetError, match="unknown dataset 'cifar'"):
@@ -91,9 +92,30 @@ def test_training_set_entry_overrides_only_its_keys(tmp_path, monkeypatch):
         helpers.model_params("sarnet_vae", "typo")
 
 
+def test_a_section_without_its_data_keys_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    helpers = _load_stage_helpers(tmp_path, {"sarnet_vae": {"dataset": "mnist", "digit": 5, "epochs": 2}})
+    with pytest.raises(SarnetError, match="`sarnet_vae` has no 'train_limit'"):
+        helpers.model_params("sarnet_vae")
+
+
+def test_missing_or_invalid_params_file_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    helpers = _load_stage_helpers(tmp_path, {"prepare": {"data_dir": None}})
+    (tmp_path / "params.yaml").write_text("prepare: [unclosed\n")
+    with pytest.raises(SarnetError, match="not valid YAML") as info:
+        helpers.params("prepare")
+    assert "\n" not in str(info.value)
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(SarnetError, match="params.yaml not found") as info:
+        helpers.params("prepare")
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_training_set_is_a_one_line_error_before_training(tmp_path):
     result = run_stage(tmp_path, "train_model.py", "sarnet_vae", "128", "boots",
-                       params={"sarnet_vae": {"dataset": "mnist", "digit": 5}, "sarnet_vae_data": {"fashion": {"dataset": "fashion"}}})
+                       params={"sarnet_vae": {"dataset": "mnist", "digit": 5, "train_limit": None},
+                               "sarnet_vae_data": {"fashion": {"dataset": "fashion"}}})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no training set 'boots' under `sarnet_vae_data` (have: fashion)"
     assert not (tmp_path / "models").exists()

@@ -95,3 +95,110 @@ def test_an_unreachable_store_does_not_stop_the_pipeline(isolated_store):
     assert result.returncode == 0 and (isolated_store / "ran").exists()
     assert "Traceback" not in result.stderr and "warning:" in result.stderr
     assert time.monotonic() - started < 120
+
+
+def test_stages_run_untracked_without_the_mlflow_package(isolated_store):
+    script = ("import sys\n"
+              "sys.modules['mlflow'] = sys.modules['mlflow.tracking'] = sys.modules['mlflow.entities'] = None\n"
+              "from sarnet.tracking import stage_run\n"
+              "with stage_run('calibrate', params={'n': 1}, tags={'t': 1}) as tracker:\n"
+              "    tracker.log_metrics({'fid': 1.0}); tracker.set_tags({'a': 'b'}); tracker.log_artifact(sys.executable)\n"
+              "open('output', 'w').write('done')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=isolated_store, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and (isolated_store / "output").read_text() == "done"
+    assert "Traceback" not in result.stderr and result.stderr.count("warning:") == 1
+
+
+def test_a_directory_in_place_of_the_store_costs_one_warning_not_minutes(isolated_store, capsys):
+    from sarnet.tracking import stage_run
+
+    (isolated_store / "mlflow.db").mkdir()
+    started = time.monotonic()
+    with stage_run("calibrate", params={"n": 1}) as tracker:
+        tracker.log_metrics({"fid": 1.0})
+    assert not tracker.enabled and time.monotonic() - started < 10
+    assert capsys.readouterr().err.count("warning:") == 1
+
+
+def test_init_tracking_on_an_unreachable_store_is_one_line(isolated_store):
+    env = os.environ | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "sarnet.cli", "init-tracking"], cwd=isolated_store, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: MLflow store http://127.0.0.1:9 unavailable") and len(lines) <= 3
+
+
+# -- files and data ----------------------------------------------------------------------------
+
+def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    import gzip
+    import tracemalloc
+
+    from sarnet.data import read_idx_bytes
+    from sarnet.errors import DataError
+
+    # the header promises 60000×28×28 images (47 MB); the stream goes on for 1 GB of zeros
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60000, 28, 28))
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as fh:
+        fh.write(header)
+        zeros = bytes(1 << 20)
+        for _ in range(1024):
+            fh.write(zeros)
+    assert bomb.stat().st_size < 5_000_000
+    tracemalloc.start()
+    started = time.monotonic()
+    content = read_idx_bytes(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(content) == len(header) + 60000 * 28 * 28 + 1  # one byte beyond what the header allows, no more
+    assert peak < 200_000_000 and time.monotonic() - started < 20
+    from sarnet.data import parse_idx
+
+    with pytest.raises(DataError, match="expected 47040016"):
+        parse_idx(content, bomb)
+    huge = tmp_path / "huge.gz"
+    with gzip.open(huge, "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (2**31, 28, 28)))
+    with pytest.raises(DataError, match="claims .* bytes"):
+        read_idx_bytes(huge)
+
+
+def test_a_data_folder_that_is_a_file_says_so(tmp_path):
+    from sarnet.data import DATASETS, find_raw_dir
+    from sarnet.errors import DataError
+
+    (tmp_path / "data").write_text("")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        find_raw_dir(DATASETS["mnist"], tmp_path / "data")
+
+
+def test_temp_files_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
+    from sarnet.files import STALE_TEMP_SECONDS, write_text
+
+    stale, live = tmp_path / ".mnist.npz.abc123.tmp", tmp_path / ".mnist.npz.def456.tmp"
+    other = tmp_path / ".fashion.npz.abc123.tmp"
+    for path in (stale, live, other):
+        path.write_text("partial")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    write_text(tmp_path / "mnist.npz", "whole")
+    assert not stale.exists() and live.exists() and other.exists()  # only this output's old temps
+    assert (tmp_path / "mnist.npz").read_text() == "whole"
+
+
+def test_a_stage_that_cannot_write_its_output_says_so_in_one_line(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root.parent / "shared" / "data").is_dir():
+        pytest.skip("offline MNIST copies not available")
+    (tmp_path / "params.yaml").write_text("prepare: {datasets: [mnist], data_dir: null, download_dir: data/raw}\n")
+    (tmp_path / "data").write_text("")  # data/prepared/ can never be created below a file
+    env = os.environ | {"SARNET_DATA_DIR": str(root.parent / "shared" / "data")}
+    result = subprocess.run([sys.executable, str(root / "pipeline" / "prepare.py"), "mnist"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")

@@ -1,6 +1,6 @@
 """SemiDense layer: the autoregressive mask checked through autograd, geometry, buffers, init, errors.
 
-The expected connectivity is rebuilt here from REFERENCE.md's words with plain Python loops
+The expected connectivity is rebuilt here from docs/protocol.md "Models" with plain Python loops
 (never with sarnet.semidense's own helpers).
 """
 

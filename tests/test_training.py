@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from sarnet.errors import ConfigError, TrainingDiverged
-from sarnet.training import TrainConfig, fit, load_state_dict, seed_everything
+from sarnet.model_files import SUFFIX, load_weights, read_description
+from sarnet.training import TrainConfig, fit, seed_everything
 
 
 def regression_data(n=96, d=6, seed=0):
@@ -22,9 +23,24 @@ def mse(model, batch):
     return ((model(x) - y) ** 2).mean(dim=1)
 
 
+class TinyNet(nn.Sequential):
+    """A small regression net that says what it is, as fit's model file needs (kind, constructor args)."""
+
+    kind = "tiny_test_net"
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 1))
+        self.model_args = {}
+
+
 def make_model(seed=0):
     seed_everything(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 1))
+    return TinyNet()
+
+
+def final(tmp_path, name):
+    """Where fit writes a run's final model file."""
+    return tmp_path / f"{name}{SUFFIX}"
 
 
 CONFIG = TrainConfig(epochs=4, batch_size=16, lr=0.01, optimizer="sgd", momentum=0.9, lr_schedule="cosine", seed=3)
@@ -32,7 +48,7 @@ CONFIG = TrainConfig(epochs=4, batch_size=16, lr=0.01, optimizer="sgd", momentum
 
 def run(tmp_path, name, config=CONFIG, **kwargs):
     model = make_model()
-    history = fit(model, mse, regression_data(), config, tmp_path / f"{name}.ckpt", tmp_path / f"{name}.pt",
+    history = fit(model, mse, regression_data(), config, tmp_path / f"{name}.ckpt", final(tmp_path, name),
                   test_data=regression_data(seed=1), progress=False, device=torch.device("cpu"), **kwargs)
     return model, history
 
@@ -53,7 +69,8 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
     rows = list(csv.DictReader((tmp_path / "hist.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["train_loss"]) == pytest.approx(history[-1].train_loss, rel=1e-5)
-    reloaded = load_state_dict(make_model(seed=99), tmp_path / "m.pt")
+    assert read_description(final(tmp_path, "m"))["kind"] == "tiny_test_net"  # a model file that says what it is
+    reloaded = load_weights(make_model(seed=99), final(tmp_path, "m")).eval()  # load_weights keeps the mode
     x, _ = regression_data()
     model.eval()
     assert torch.allclose(reloaded(x), model(x))
@@ -79,7 +96,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     with pytest.raises(StopAfter):
         run(tmp_path, "resumed", logger=KillAfterEpoch(2))
     assert (tmp_path / "resumed.ckpt").exists()
-    assert not (tmp_path / "resumed.pt").exists()
+    assert not final(tmp_path, "resumed").exists()
     resumed, resumed_hist = run(tmp_path, "resumed")  # same command again
     assert [r.epoch for r in resumed_hist] == [1, 2, 3, 4]
     for pa, pb in zip(full.parameters(), resumed.parameters()):
@@ -105,14 +122,14 @@ def test_nan_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):
 
     model = make_model()
     with pytest.raises(TrainingDiverged) as info:
-        fit(model, poisoned, regression_data(), CONFIG, tmp_path / "n.ckpt", tmp_path / "n.pt",
+        fit(model, poisoned, regression_data(), CONFIG, tmp_path / "n.ckpt", final(tmp_path, "n"),
             progress=False, device=torch.device("cpu"))
     message = str(info.value)
     assert "epoch 3" in message and "n.ckpt" in message and "\n" not in message
     state = torch.load(tmp_path / "n.ckpt", weights_only=True)
     assert state["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert not (tmp_path / "n.pt").exists()
+    assert not final(tmp_path, "n").exists()
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=-1.0), dict(optimizer="lbfgs"),
@@ -128,8 +145,70 @@ def test_sum_reduction_scales_gradient_by_batch_size(tmp_path):
     x, y = regression_data(n=16)
     base = dict(epochs=1, batch_size=16, optimizer="sgd", seed=0)
     a = make_model()
-    fit(a, mse, (x, y), TrainConfig(lr=0.016, reduction="mean", **base), tmp_path / "a.ckpt", tmp_path / "a.pt", progress=False, device=torch.device("cpu"))
+    fit(a, mse, (x, y), TrainConfig(lr=0.016, reduction="mean", **base), tmp_path / "a.ckpt", final(tmp_path, "a"), progress=False, device=torch.device("cpu"))
     b = make_model()  # re-seeds, so dropout draws the same masks
-    fit(b, mse, (x, y), TrainConfig(lr=0.001, reduction="sum", **base), tmp_path / "b.ckpt", tmp_path / "b.pt", progress=False, device=torch.device("cpu"))
+    fit(b, mse, (x, y), TrainConfig(lr=0.001, reduction="sum", **base), tmp_path / "b.ckpt", final(tmp_path, "b"), progress=False, device=torch.device("cpu"))
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_checkpoint_of_other_data_is_set_aside_not_resumed(tmp_path, capsys):
+    # Killed after epoch 2 on one dataset, re-run on another of the same shape (e.g. digit 5 -> 9):
+    # the old weights must not warm-start the new run.
+    with pytest.raises(StopAfter):
+        run(tmp_path, "d", logger=KillAfterEpoch(2))
+    other = regression_data(seed=7)
+    model = make_model()
+    history = fit(model, mse, other, CONFIG, tmp_path / "d.ckpt", final(tmp_path, "d"), progress=False,
+                  device=torch.device("cpu"))
+    assert [r.epoch for r in history] == [1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "belongs to another run" in err and "resuming" not in err
+    assert (tmp_path / "d.ckpt.stale").exists()
+    fresh = make_model()
+    fit(fresh, mse, other, CONFIG, tmp_path / "e.ckpt", final(tmp_path, "e"), progress=False, device=torch.device("cpu"))
+    for pa, pb in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(pa, pb)  # exactly as if no checkpoint had been there
+
+
+def test_checkpoint_of_another_architecture_is_set_aside(tmp_path, capsys):
+    with pytest.raises(StopAfter):
+        run(tmp_path, "a", logger=KillAfterEpoch(1))
+    wider = TinyNet()
+    wider[0], wider[3] = nn.Linear(6, 16), nn.Linear(16, 1)
+    wider.model_args = {"hidden": 16}  # what its file would record
+    fit(wider, mse, regression_data(), CONFIG, tmp_path / "a.ckpt", final(tmp_path, "a"), progress=False,
+        device=torch.device("cpu"))
+    assert "belongs to another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a checkpoint"], ids=["empty", "truncated", "foreign"])
+def test_unreadable_checkpoint_is_set_aside_with_one_warning(content, tmp_path, capsys):
+    (tmp_path / "u.ckpt").write_bytes(content)
+    _, history = run(tmp_path, "u")
+    assert len(history) == CONFIG.epochs
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "is unreadable" in warnings[0]
+    assert (tmp_path / "u.ckpt.stale").read_bytes() == content
+
+
+def test_a_loss_that_raises_on_diverged_weights_stops_as_divergence(tmp_path):
+    # A VAE's BCE raises a RuntimeError when diverged weights make the decoder output NaN: that is
+    # divergence (a clean stop keeping the last good checkpoint), not a crash.
+    calls = {"n": 0}
+
+    def bce(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6 * 2 + 1:  # first batch of epoch 3: the weights have blown up
+            with torch.no_grad():
+                model[0].weight.fill_(float("nan"))
+        x, y = batch
+        return torch.nn.functional.binary_cross_entropy(torch.sigmoid(model(x)), torch.sigmoid(y), reduction="none").mean(1)
+
+    with pytest.raises(RuntimeError, match="between 0 and 1"):  # what the loss itself raises on NaN input
+        bce(make_model(), (torch.full((2, 6), float("nan")), torch.zeros(2, 1)))
+    calls["n"] = 0
+    with pytest.raises(TrainingDiverged, match="non-finite loss at epoch 3, batch 1; last good checkpoint: .*after epoch 2"):
+        fit(make_model(), bce, regression_data(), CONFIG, tmp_path / "b.ckpt", final(tmp_path, "b"), progress=False,
+            device=torch.device("cpu"))
+    assert (tmp_path / "b.ckpt").exists() and not final(tmp_path, "b").exists()

@@ -1,4 +1,4 @@
-"""The thesis's FID calibration table (§3.5, REFERENCE.md "Calibration"), rebuilt with our classifier.
+"""The thesis's FID calibration table (§3.5, docs/protocol.md "Calibration"), rebuilt with our classifier.
 
 Each row compares two sets of `n` digit-5 images. Sets are drawn with replacement from the 892
 test fives unless the row says otherwise; a transformed set is the transform of an independent

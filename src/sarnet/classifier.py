@@ -22,8 +22,11 @@ class MnistClassifier(nn.Module):
     Input: (N, 1, 28, 28) in [-1, 1], the FID protocol's scaling.
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), hidden: int = 128, dropout: float = 0.3) -> None:
+    kind = "classifier"
+
+    def __init__(self, channels: Sequence[int], hidden: int, dropout: float) -> None:
         super().__init__()
+        self.model_args = {"channels": [int(c) for c in channels], "hidden": int(hidden), "dropout": float(dropout)}
         layers: list[nn.Module] = []
         in_ch = 1
         for out_ch in channels:
@@ -79,6 +82,9 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
         logits = model(to_signed_unit(images[i : i + batch_size]).to(device))
         correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size].long()).sum())
     return correct / len(images)
+
+
+ARCH_KEYS = ("channels", "hidden", "dropout")
 
 
 def build_classifier(params: dict) -> MnistClassifier:

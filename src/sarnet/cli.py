@@ -12,7 +12,10 @@ from sarnet.errors import SarnetError
 def _init_tracking(args: argparse.Namespace) -> None:
     from sarnet.tracking import init_store, tracking_uri
 
-    experiment_id = init_store(args.experiment)
+    try:
+        experiment_id = init_store(args.experiment)
+    except Exception as exc:  # MLflow's own errors run to many lines; one is enough here
+        raise SarnetError(f"MLflow store {tracking_uri()} unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     print(f"MLflow store {tracking_uri()}: experiment {args.experiment!r} (id {experiment_id}) ready")
 
 
@@ -91,42 +94,70 @@ def _ui(args: argparse.Namespace) -> None:
     os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
 
 
-def _load_generator(path: str, params_file: str):
-    """(kind, model) from a trained state dict; the kind and latent size are read off its keys and
-    shapes, the hidden layer shapes from params.yaml (the defaults if the file is absent)."""
+def _read_params(path: str) -> dict:
+    """The whole params file (sampling settings and figure defaults come from it); one-line errors."""
     from pathlib import Path
 
-    import torch
     import yaml
 
-    from sarnet.models import build_model
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SarnetError(f"{path}: params file not found (pass --params, or run from the project root)") from None
+    except IsADirectoryError:
+        raise SarnetError(f"{path}: a directory, not a params file") from None
+    except yaml.YAMLError as exc:
+        raise SarnetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise SarnetError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded
 
-    if not Path(path).is_file():
-        raise SarnetError(f"{path}: no such model file; train it with `dvc repro` first")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SarnetError(f"{path}: not a state dict saved by sarnet ({type(exc).__name__})") from None
-    if "deconv.0.weight" in state:
-        kind = "conv_vae"
-    elif "decoder.layers.0.weight" in state:
-        kind = "sarnet_vae"
-    elif "stack.layers.0.weight" in state:
-        kind = "sarnet"
-    else:
-        raise SarnetError(f"{path}: not a SarNET, SarNET VAE or conv VAE state dict")
-    all_params = yaml.safe_load(Path(params_file).read_text()) if Path(params_file).is_file() else {}
-    params = dict(all_params.get(kind, {}))
-    if kind == "sarnet":
-        channels = state["stack.layers.0.mask"].shape[1] // 784  # input channels: 1 (regression) or C classes
-        params["classes"] = channels if channels > 1 else 0
-    latent_dim = state["encoder.mu.weight"].shape[0] if "encoder.mu.weight" in state else None
-    model = build_model(kind, params, latent_dim)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise SarnetError(f"{path}: does not match the architecture in {params_file} ({str(exc).splitlines()[0]})") from None
-    return kind, model.eval(), all_params.get("sampling", {})
+
+def _section(params: dict, path: str, *keys: str) -> dict:
+    """params[keys[0]][keys[1]]..., which must be a mapping."""
+    value: object = params
+    for depth, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise SarnetError(f"{path}: no `{'.'.join(keys[: depth + 1])}` section")
+        value = value[key]
+    if not isinstance(value, dict):
+        raise SarnetError(f"{path}: `{'.'.join(keys)}` must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _load(path: str, kinds: tuple[str, ...] | None = None):
+    """The model a file describes (the one loader, sarnet.loader); `kinds`: the kinds this command takes."""
+    from sarnet.loader import load_model
+
+    model = load_model(path)
+    if kinds is not None and model.kind not in kinds:
+        raise SarnetError(f"{path}: this command needs a {' or '.join(kinds)} model, this is a {model.kind}")
+    return model
+
+
+def _check_nrow(nrow: int) -> None:
+    if nrow < 1:
+        raise SarnetError(f"--nrow must be >= 1, got {nrow}")
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise SarnetError(f"--threshold must be in [0, 1], got {threshold}")
+
+
+def _check_outputs(*paths: str | None) -> None:
+    """Before any work: every output is a file name in a folder we can write to (or create)."""
+    from pathlib import Path
+
+    for path in filter(None, paths):
+        target = Path(path)
+        if target.is_dir():
+            raise SarnetError(f"{path}: a directory; give a file name")
+        folder = target.parent
+        while not folder.exists():  # atomic_path creates missing folders: check the nearest existing one
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise SarnetError(f"{path}: cannot write into {folder}")
 
 
 def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
@@ -144,17 +175,20 @@ def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    import torch
-
-    from sarnet.sampling import generate_model_samples
+    from sarnet.models import GENERATOR_CLASSES
 
     if args.n < 1:
         raise SarnetError(f"-n must be >= 1, got {args.n}")
-    kind, model, sampling = _load_generator(args.model, args.params)
+    _check_nrow(args.nrow)
+    _check_outputs(args.out, args.npz)
+    _check_threshold(args.threshold)
+    model = _load(args.model, tuple(GENERATOR_CLASSES))
+    settings = dict(_section(_read_params(args.params), args.params, "sampling", model.kind))
     if args.threshold is not None:
-        sampling.setdefault("sarnet_vae", {})["threshold"] = args.threshold
-    images = generate_model_samples(kind, model, args.n, torch.Generator().manual_seed(args.seed), sampling)
-    _save_outputs(images, args.out, args.npz, args.nrow)
+        if "threshold" not in model.sampling_keys:
+            raise SarnetError(f"--threshold: a {model.kind} has no sampling threshold")
+        settings["threshold"] = args.threshold
+    _save_outputs(model.generate(args.n, args.seed, settings), args.out, args.npz, args.nrow)
 
 
 def _inpaint(args: argparse.Namespace) -> None:
@@ -162,23 +196,24 @@ def _inpaint(args: argparse.Namespace) -> None:
 
     from sarnet.data import load_prepared, to_unit_tensor
     from sarnet.explain import inpainting_rows
-    from sarnet.models import SarNetVAE
 
-    kind, model, sampling = _load_generator(args.model, args.params)
-    if not isinstance(model, SarNetVAE):
-        raise SarnetError(f"{args.model}: inpainting needs a SarNET VAE, this is a {kind}")
-    settings = {"keep_patches": 24, "n_styles": 8, "z_scale": 1 / 1.5, "threshold": 0.15} | sampling.get("inpaint", {})
-    keep = args.keep_patches if args.keep_patches is not None else settings["keep_patches"]
-    styles = args.n_styles if args.n_styles is not None else settings["n_styles"]
-    if not 1 <= keep <= model.decoder.n_patches:
-        raise SarnetError(f"--keep-patches must be in 1..{model.decoder.n_patches}, got {keep}")
+    _check_outputs(args.out, args.npz)
+    model = _load(args.model, ("sarnet_vae",))
+    settings = dict(_section(_read_params(args.params), args.params, "sampling", "inpaint"))
+    if args.keep_patches is not None:
+        settings["keep_patches"] = args.keep_patches
+    if args.n_styles is not None:
+        settings["n_styles"] = args.n_styles
+    if not 1 <= settings["keep_patches"] <= model.decoder.n_patches:
+        raise SarnetError(f"--keep-patches must be in 1..{model.decoder.n_patches}, got {settings['keep_patches']}")
+    if settings["n_styles"] < 1:
+        raise SarnetError(f"--n-styles must be >= 1, got {settings['n_styles']}")
     test = load_prepared(args.data, digit=None if args.digit < 0 else args.digit).test
     if any(not 0 <= i < len(test.images) for i in args.index):
         raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
     images = to_unit_tensor(test.images[args.index])
-    rows = inpainting_rows(model, images, keep, styles, torch.Generator().manual_seed(args.seed),
-                           z_scale=settings["z_scale"], threshold=settings["threshold"])
-    _save_outputs(rows, args.out, args.npz, nrow=styles + 2)  # per row: original, kept part, styles
+    rows = inpainting_rows(model, images, torch.Generator().manual_seed(args.seed), **settings)
+    _save_outputs(rows, args.out, args.npz, nrow=settings["n_styles"] + 2)  # per row: original, kept part, styles
 
 
 def _test_images(path: str, digit: int):
@@ -195,26 +230,29 @@ def _explain(args: argparse.Namespace) -> None:
     from sarnet.explain import check_target_patch, importance_figure
     from sarnet.figures import save_rgb_grid
     from sarnet.files import atomic_path
-    from sarnet.models import SarNet, SarNetVAE
 
-    kind, model, _ = _load_generator(args.model, args.params)
-    if not isinstance(model, (SarNetVAE, SarNet)):
-        raise SarnetError(f"{args.model}: patch importance needs a SarNET or SarNET VAE, this is a {kind}")
-    n_patches = model.decoder.n_patches if isinstance(model, SarNetVAE) else model.stack.n_patches
-    for target in args.targets:  # checked before the data is read, so a typo fails fast
+    _check_outputs(args.out, args.npz)
+    model = _load(args.model, ("sarnet_vae", "sarnet"))
+    figure = _section(_read_params(args.params), args.params, "figures", args.figure_set)
+    targets = args.targets if args.targets is not None else figure["targets"]
+    k = args.k if args.k is not None else figure["k"]
+    n_patches = (model.decoder if model.kind == "sarnet_vae" else model.stack).n_patches
+    for target in targets:  # checked before the data is read, so a typo fails fast
         check_target_patch(target, n_patches)
-    if args.k < 1:
-        raise SarnetError(f"--k must be >= 1, got {args.k}")
+    if k < 1:
+        raise SarnetError(f"--k must be >= 1, got {k}")
+    if args.scale < 1:
+        raise SarnetError(f"--scale must be >= 1, got {args.scale}")
     test = _test_images(args.data, args.digit)
     if not 0 <= args.index < len(test.images):
         raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
     image = to_unit_tensor(test.images[args.index : args.index + 1])[0]
-    importance, overlays = importance_figure(model, image, args.targets, k=args.k)
-    save_rgb_grid(overlays, args.out, nrow=len(args.targets), scale=args.scale)
+    importance, overlays = importance_figure(model, image, targets, k=k)
+    save_rgb_grid(overlays, args.out, nrow=len(targets), scale=args.scale)
     print(f"wrote {args.out}")
     if args.npz:
         with atomic_path(args.npz) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, importance=importance, targets=np.asarray(args.targets),
+            np.savez_compressed(fh, importance=importance, targets=np.asarray(targets),
                                 image=image.numpy(), overlays=overlays.astype(np.float32))
         print(f"wrote {args.npz}")
 
@@ -225,14 +263,15 @@ def _interpolate(args: argparse.Namespace) -> None:
     from sarnet.data import to_unit_tensor
     from sarnet.explain import interpolation_row
     from sarnet.files import atomic_path
-    from sarnet.models import SarNetVAE
 
-    kind, model, sampling = _load_generator(args.model, args.params)
-    if not isinstance(model, SarNetVAE):
-        raise SarnetError(f"{args.model}: interpolation needs a SarNET VAE, this is a {kind}")
-    if args.steps < 2:
-        raise SarnetError(f"--steps must be >= 2 (both ends), got {args.steps}")
-    threshold = args.threshold if args.threshold is not None else sampling.get("sarnet_vae", {}).get("threshold", 0.105)
+    _check_outputs(args.out, args.npz)
+    model = _load(args.model, ("sarnet_vae",))
+    params = _read_params(args.params)
+    steps = args.steps if args.steps is not None else _section(params, args.params, "figures", args.figure_set)["steps"]
+    if steps < 2:
+        raise SarnetError(f"--steps must be >= 2 (both ends), got {steps}")
+    _check_threshold(args.threshold)
+    threshold = args.threshold if args.threshold is not None else _section(params, args.params, "sampling", "sarnet_vae")["threshold"]
     if args.pair is not None:
         if args.digit >= 0:
             raise SarnetError("--pair picks images by label from every class; leave --digit at -1")
@@ -247,7 +286,7 @@ def _interpolate(args: argparse.Namespace) -> None:
         if any(not 0 <= i < len(test.images) for i in index):
             raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
     ends = to_unit_tensor(test.images[index])
-    row = interpolation_row(model, ends[0], ends[1], args.steps, threshold=threshold)  # A, the path, B
+    row = interpolation_row(model, ends[0], ends[1], steps, threshold=threshold)  # A, the path, B
     _save_outputs(row, args.out, None, nrow=len(row))
     if args.npz:
         with atomic_path(args.npz) as tmp, open(tmp, "wb") as fh:
@@ -260,7 +299,7 @@ def _add_model_and_test_data(p: argparse.ArgumentParser, model_help: str, digit:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--data", default="data/prepared/mnist.npz", help="prepared dataset (.npz)")
     p.add_argument("--digit", type=int, default=digit, help=digit_help)
-    p.add_argument("--params", default="params.yaml", help="hidden layer shapes and sampling settings")
+    p.add_argument("--params", default="params.yaml", help="sampling settings and figure defaults")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,44 +320,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ui)
 
     p = sub.add_parser("sample", help="generate images from a trained model into a PNG grid")
-    p.add_argument("--model", required=True, help="state dict, e.g. models/sarnet_vae/sarnet_vae_L128.pt")
+    p.add_argument("--model", required=True, help="model file, e.g. models/sarnet_vae/sarnet_vae_L128.safetensors")
     p.add_argument("-n", type=int, default=100, help="number of images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, help="SarNET VAE pixel threshold (default: params.yaml)")
+    p.add_argument("--threshold", type=float, help="pixel threshold (default: params.yaml sampling.<kind>)")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--npz", help="also write the images as .npz")
     p.add_argument("--nrow", type=int, default=10)
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="sampling settings (section sampling.<kind>)")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("inpaint", help="complete test images from their top patches in several styles")
-    _add_model_and_test_data(p, "SarNET VAE state dict", 5, "class to take test images from (-1: all)")
+    _add_model_and_test_data(p, "SarNET VAE model file", 5, "class to take test images from (-1: all)")
     p.add_argument("--index", type=int, nargs="+", default=[0, 1, 2, 3], help="test image indices")
-    p.add_argument("--keep-patches", type=int, help="patches kept from each image (default: params.yaml, 24)")
-    p.add_argument("--n-styles", type=int, help="completions per image (default: params.yaml, 8)")
+    p.add_argument("--keep-patches", type=int, help="patches kept from each image (default: params.yaml sampling.inpaint)")
+    p.add_argument("--n-styles", type=int, help="completions per image (default: params.yaml sampling.inpaint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="inpaint.png")
     p.add_argument("--npz", help="also write the completions as .npz")
     p.set_defaults(func=_inpaint)
 
     p = sub.add_parser("explain", help="patch importance (§5.1): the top input patches behind chosen output patches")
-    _add_model_and_test_data(p, "SarNET VAE or SarNET state dict", 5, "class to take the test image from (-1: all)")
+    _add_model_and_test_data(p, "SarNET VAE or SarNET model file", 5, "class to take the test image from (-1: all)")
     p.add_argument("--index", type=int, default=0, help="test image index within that class")
-    p.add_argument("--targets", type=int, nargs="+", default=[10, 20, 27, 33, 40], help="output patches to explain")
-    p.add_argument("--k", type=int, default=5, help="patches shown per target")
+    p.add_argument("--targets", type=int, nargs="+", help="output patches to explain (default: params.yaml figures.<set>)")
+    p.add_argument("--k", type=int, help="patches shown per target (default: params.yaml figures.<set>)")
+    p.add_argument("--figure-set", default="mnist_5", help="params.yaml figures entry the defaults come from")
     p.add_argument("--scale", type=int, default=4, help="pixel enlargement of the PNG")
     p.add_argument("--out", default="importance.png")
     p.add_argument("--npz", help="also write the importance vectors as .npz")
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("interpolate", help="decode the line between two test images' latent codes")
-    _add_model_and_test_data(p, "SarNET VAE state dict", -1, "class to take --index images from (-1: all)")
+    _add_model_and_test_data(p, "SarNET VAE model file", -1, "class to take --index images from (-1: all)")
     ends = p.add_mutually_exclusive_group()
     ends.add_argument("--index", type=int, nargs=2, default=[0, 1], metavar=("A", "B"), help="test image indices")
     ends.add_argument("--pair", type=int, nargs=2, metavar=("LABEL_A", "LABEL_B"),
                       help="take the first test image of each label instead")
-    p.add_argument("--steps", type=int, default=10, help="images along the path, both ends included")
-    p.add_argument("--threshold", type=float, help="pixel threshold (default: params.yaml, 0.105)")
+    p.add_argument("--steps", type=int, help="images along the path, both ends included (default: params.yaml figures.<set>)")
+    p.add_argument("--figure-set", default="mnist_5", help="params.yaml figures entry the --steps default comes from")
+    p.add_argument("--threshold", type=float, help="pixel threshold (default: params.yaml sampling.sarnet_vae)")
     p.add_argument("--out", default="interp.png")
     p.add_argument("--npz", help="also write the decoded path as .npz")
     p.set_defaults(func=_interpolate)
@@ -341,6 +382,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: sarnet {args.command} stopped", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # a full disk, a file vanishing under us: outputs are atomic, so nothing partial is left
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

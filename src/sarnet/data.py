@@ -10,6 +10,7 @@ Whatever the source, the decompressed content must match the known SHA-256 sums.
 from __future__ import annotations
 
 import gzip
+import math
 import hashlib
 import os
 import zlib
@@ -99,6 +100,8 @@ def find_raw_dir(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Path 
     if configured:
         root = Path(configured).expanduser()
         source = f"${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else "prepare.data_dir"
+        if root.exists() and not root.is_dir():
+            raise DataError(f"{root}: data folder (from {source}) is a file, not a folder; point it at a folder holding {spec.folders[0]}/")
         if not root.is_dir():
             raise DataError(f"{root}: data folder (from {source}) does not exist; point it at a folder holding {spec.folders[0]}/")
         for sub in spec.folders:
@@ -113,11 +116,28 @@ def find_raw_dir(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Path 
     return None
 
 
+MAX_IDX_BYTES = 200_000_000  # MNIST's largest file is 47 MB; anything near this is not MNIST-style data
+
+
 def read_idx_bytes(path: Path) -> bytes:
-    """The decompressed content of an IDX file (gzipped or not)."""
+    """The decompressed content of an IDX file (gzipped or not). The header says how big the file
+    must be, so no more than that is ever decompressed (a small gzip bomb costs nothing)."""
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        with path.open("rb") as raw:
+            opener = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else None
+            raw.seek(0)
+            stream = opener or raw
+            head = stream.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] != _IDX_DTYPE_UBYTE:
+                return head + stream.read(64)  # parse_idx names what is wrong with it
+            dims = stream.read(4 * head[3])
+            if len(dims) < 4 * head[3]:
+                return head + dims  # a truncated header: parse_idx says so
+            shape = [int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(len(dims) // 4)]
+            size = 4 + len(dims) + math.prod(shape)  # Python ints: a corrupt header cannot overflow
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{path}: its header claims {size:,} bytes of shape {tuple(shape)}; not MNIST-style data")
+            return head + dims + stream.read(size - 4 - len(dims) + 1)  # one byte more shows a too-long file
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: cannot decompress ({exc}); the file is truncated or corrupt, replace it with a fresh copy") from None
 

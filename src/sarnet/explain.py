@@ -1,5 +1,5 @@
-"""Explainability, interpolation and inpainting figures (thesis §4.3, §5.1, §5.2; REFERENCE.md
-"Explainability and interpolation").
+"""Explainability, interpolation and inpainting figures (thesis §4.3, §5.1, §5.2; docs/protocol.md
+"Sampling").
 
 - Patch importance (first SemiDense layer only): for a target output patch o and every input
   patch k, importance_k = Σ_{u ∈ units of o} |Σ_{j ∈ inputs of k} x_j · W[u, j]| with the masked
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from sarnet.errors import ConfigError
-from sarnet.models import IMAGE_SIZE, PIXELS, SarNet, SarNetVAE, SemiDenseStack, evaluating
-from sarnet.sampling import inpaint
+from sarnet.layers import IMAGE_SIZE, PIXELS, SemiDenseStack, evaluating
+from sarnet.models import SarNet, SarNetVAE
 
 # Importance colours, low -> high: blue, yellow, red (piecewise linear; no plotting library needed).
 _COLOUR_STOPS = np.array([[0.15, 0.35, 1.0], [1.0, 0.9, 0.1], [1.0, 0.05, 0.05]])
@@ -36,7 +36,7 @@ def _as_pixels(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     pixels = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     if pixels.numel() != PIXELS:
         raise ConfigError(f"expected a 28×28 image (784 pixels), got shape {tuple(pixels.shape)}")
-    return pixels.reshape(PIXELS).float()
+    return pixels.reshape(PIXELS).float().cpu()
 
 
 def check_target_patch(target_patch: int, n_patches: int) -> None:
@@ -72,7 +72,7 @@ def patch_importance(model: SarNetVAE | SarNet, image: torch.Tensor | np.ndarray
     return per_patch.abs().sum(dim=0).detach()
 
 
-def top_patches(importance: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def top_patches(importance: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most important patches (indices, most important first) and their importance
     min–max scaled to [0, 1] over those k.
 
@@ -107,7 +107,7 @@ def pixel_patch_map(model: SarNetVAE | SarNet) -> np.ndarray:
 
 
 def importance_overlay(image: torch.Tensor | np.ndarray, importance: torch.Tensor, target_patch: int,
-                       model_patch_map: np.ndarray | torch.Tensor, k: int = 5) -> np.ndarray:
+                       model_patch_map: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     """(28, 28, 3) RGB in [0, 1]: the grey image, its top-k patches coloured by scaled importance
     (blue low, yellow, red high) and the target patch white."""
     grey = _as_pixels(image).double().clamp(0, 1).numpy().reshape(IMAGE_SIZE, IMAGE_SIZE)
@@ -147,8 +147,8 @@ def encode_mean(model: SarNetVAE, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate(model: SarNetVAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int,
-                threshold: float = 0.105, method: str = "incremental") -> torch.Tensor:
+def interpolate(model: SarNetVAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int, *,
+                threshold: float, method: str = "incremental") -> torch.Tensor:
     """(steps, 28, 28) images decoded autoregressively along the line between two images' codes."""
     if not isinstance(model, SarNetVAE):
         raise ConfigError(f"interpolation needs a SarNET VAE, got {type(model).__name__}")
@@ -160,7 +160,7 @@ def interpolate(model: SarNetVAE, image_a: torch.Tensor, image_b: torch.Tensor, 
 
 
 def importance_figure(model: SarNetVAE | SarNet, image: torch.Tensor | np.ndarray, targets: list[int],
-                      k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
     """(importance (T, n_patches), overlays (T, 28, 28, 3)): one panel per target patch, its top-k
     input patches coloured by importance and the target white. Every target is checked first."""
     n_patches = _stack_of(model).layers[0].n_patches
@@ -168,29 +168,29 @@ def importance_figure(model: SarNetVAE | SarNet, image: torch.Tensor | np.ndarra
         check_target_patch(int(target), n_patches)
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
-    importance = np.stack([patch_importance(model, image, t).double().numpy() for t in targets])
+    importance = np.stack([patch_importance(model, image, t).double().cpu().numpy() for t in targets])
     patch_map = pixel_patch_map(model)
     overlays = np.stack([importance_overlay(image, imp, t, patch_map, k=k) for imp, t in zip(importance, targets)])
     return importance, overlays
 
 
-def inpainting_rows(model: SarNetVAE, images: torch.Tensor, keep_patches: int, n_styles: int,
-                    generator: torch.Generator | None = None, z_scale: float = 1 / 1.5,
-                    threshold: float = 0.15) -> torch.Tensor:
+def inpainting_rows(model: SarNetVAE, images: torch.Tensor, generator: torch.Generator | None, *,
+                    keep_patches: int, n_styles: int, z_scale: float, threshold: float) -> torch.Tensor:
     """(N, n_styles + 2, 28, 28): per image, the original, its kept first patches, then the completions."""
     if not isinstance(model, SarNetVAE):
         raise ConfigError(f"inpainting needs a SarNET VAE, got {type(model).__name__}")
     if not 1 <= keep_patches <= model.decoder.n_patches:
         raise ConfigError(f"keep_patches must be in 1..{model.decoder.n_patches}, got {keep_patches}")
     images = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).float()
-    completed = inpaint(model, images, keep_patches, n_styles, generator, z_scale=z_scale, threshold=threshold)
+    completed = model.inpaint(images, generator, keep_patches=keep_patches, n_styles=n_styles, z_scale=z_scale,
+                              threshold=threshold)
     kept = images.flatten(1).clone()
     kept[:, model.decoder.layers[0].in_patch_index.cpu() >= keep_patches] = 0.0
     return torch.cat([images[:, None], kept.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE), completed.cpu().to(images.dtype)], dim=1)
 
 
-def interpolation_row(model: SarNetVAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int,
-                      threshold: float = 0.105) -> torch.Tensor:
+def interpolation_row(model: SarNetVAE, image_a: torch.Tensor, image_b: torch.Tensor, steps: int, *,
+                      threshold: float) -> torch.Tensor:
     """(steps + 2, 28, 28): original A, the decoded path from A's code to B's, original B."""
     path = interpolate(model, image_a, image_b, steps, threshold=threshold).cpu()
     ends = [_as_pixels(image).view(1, IMAGE_SIZE, IMAGE_SIZE).to(path.dtype) for image in (image_a, image_b)]

@@ -1,6 +1,6 @@
 """The FID instrument: Fréchet distance between Gaussian fits of classifier logits (thesis §3.5).
 
-Protocol (REFERENCE.md): features are the 10 logits of an MNIST classifier, images scaled to
+Protocol (docs/protocol.md "FID protocol"): features are the 10 logits of an MNIST classifier, images scaled to
 [-1, 1], statistics in float64 with the unbiased (n-1) covariance.
 """
 
@@ -96,7 +96,7 @@ class FidScorer:
         return frechet_distance(*self.statistics(images_a), *self.statistics(images_b))
 
 
-# --- The evaluation protocol of Table 4.1 (REFERENCE.md "FID protocol") -----------------------
+# --- The evaluation protocol of Table 4.1 (docs/protocol.md "FID protocol") -----------------------
 
 @dataclass(frozen=True)
 class FidProtocol:

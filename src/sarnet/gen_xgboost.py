@@ -17,34 +17,38 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from sarnet.errors import ConfigError, DataError
+from sarnet.params import check_keys
 
 IMAGE_SIZE = 28
 
 
 @dataclass(frozen=True)
 class GenXGBConfig:
-    patch: int = 2
-    predictor_trees: int = 50
-    predictor_depth: int = 7
-    refiner_trees: int = 40
-    refiner_depth: int = 6
-    learning_rate: float = 0.3
-    max_bin: int = 256
-    blur_sigma: float = 1.0
-    multi_strategy: str = "one_output_per_tree"  # or "multi_output_tree" (one tree per round for all 4 pixels)
-    workers: int = 2  # models trained at once, one thread each (small models scale better this way)
-    seed: int = 0
-    alpha: float = 1.5  # randomisation exponent
-    i_max: int = 78  # last (1-based) patch that is randomised
+    """The `gen_xgboost` section of params.yaml (its data keys aside); saved with the model as config.json."""
+
+    patch: int
+    predictor_trees: int
+    predictor_depth: int
+    refiner_trees: int
+    refiner_depth: int
+    learning_rate: float
+    max_bin: int
+    blur_sigma: float
+    multi_strategy: str  # "one_output_per_tree" or "multi_output_tree" (one tree per round for all pixels)
+    workers: int  # models trained at once, one thread each (small models scale better this way)
+    seed: int
+    alpha: float  # randomisation exponent
+    i_max: int  # last (1-based) patch that is randomised
 
     def __post_init__(self) -> None:
         if self.patch < 1 or IMAGE_SIZE % self.patch:
@@ -58,8 +62,11 @@ class GenXGBConfig:
             raise ConfigError(f"multi_strategy must be one_output_per_tree or multi_output_tree, got {self.multi_strategy!r}")
 
     @classmethod
-    def from_params(cls, params: dict) -> "GenXGBConfig":
+    def from_params(cls, params: dict, other_keys: Iterable[str] = ()) -> "GenXGBConfig":
+        """The config of a `gen_xgboost` section whose other keys are `other_keys`; unknown keys are refused."""
         known = set(cls.__dataclass_fields__)
+        check_keys("gen_xgboost", params, known | set(other_keys))
+        check_keys("gen_xgboost", {k: v for k, v in params.items() if k in known}, known, required=True)
         return cls(**{k: v for k, v in params.items() if k in known})
 
     @property
@@ -117,6 +124,8 @@ def blur(images: np.ndarray, sigma: float) -> np.ndarray:
 
 class GenerativeXGBoost:
     """P-1 patch predictors and P refiners (P = 196 for 2×2 patches)."""
+
+    kind = "gen_xgboost"
 
     def __init__(self, config: GenXGBConfig, predictors: list | None = None, refiners: list | None = None) -> None:
         self.config = config
@@ -183,8 +192,11 @@ class GenerativeXGBoost:
             features[:, i * (k + 1) : (i + 1) * (k + 1)] = np.concatenate([values, values.mean(1, keepdims=True)], 1)
         return patches
 
-    def generate(self, n: int, seed: int, batch_size: int = 10_000) -> np.ndarray:
-        """n images (n, 28, 28) in [0, 1] from an all-black start, with the thesis's randomisation."""
+    def generate(self, n: int, seed: int, settings: Mapping[str, Any]) -> np.ndarray:
+        """n images (n, 28, 28) in [0, 1] from an all-black start, with the thesis's randomisation;
+        `settings` is params.yaml's `sampling.gen_xgboost` (images per batch)."""
+        check_keys(f"sampling.{self.kind}", settings, ("batch_size",), required=True)
+        batch_size = settings["batch_size"]
         c = self.config
         rng = np.random.default_rng(seed)
         out = []
@@ -221,13 +233,19 @@ class GenerativeXGBoost:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise DataError(f"{folder}: no config.json; train the model with `dvc repro train_xgboost` first")
-        config = GenXGBConfig(**json.loads((folder / "config.json").read_text()))
+        try:
+            config = GenXGBConfig(**json.loads((folder / "config.json").read_text()))
+        except (ValueError, TypeError, ConfigError) as exc:  # not JSON, unknown or missing fields, bad values
+            raise DataError(f"{folder / 'config.json'}: not a generative XGBoost config ({str(exc).splitlines()[0][:200]})") from None
 
         def booster(path: Path):
             if not path.is_file():
                 raise DataError(f"{path}: missing model file; re-run `dvc repro train_xgboost`")
             b = xgb.Booster()
-            b.load_model(path)
+            try:
+                b.load_model(path)
+            except xgb.core.XGBoostError:  # its message is a C++ backtrace; the cause is the file
+                raise DataError(f"{path}: unreadable XGBoost model (truncated or corrupt); re-run `dvc repro train_xgboost`") from None
             b.set_param({"nthread": 2})
             return b
 

@@ -1,14 +1,15 @@
 """SarNET (thesis §3.3), SarNET VAE (§3.4) and the convolutional VAE baseline (§4.2).
 
 Images enter and leave as (B, 784) rows in [0, 1] (the NCHW flatten of 1×28×28). Architectures
-follow REFERENCE.md "Models"; their sizes come from params.yaml.
+follow docs/protocol.md "Models"; their sizes come from params.yaml. Every model says what it is
+(`kind`, `model_args`: its constructor arguments) so a model file can rebuild it, and owns its
+`sample(...)`, whose settings are its `sampling.<kind>` section of params.yaml.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,90 +17,76 @@ from pytorch_msssim import ssim
 from torch import nn
 
 from sarnet.errors import ConfigError
-from sarnet.semidense import SemiDense
-
-IMAGE_SIZE = 28
-PIXELS = IMAGE_SIZE * IMAGE_SIZE
-ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": lambda x: x}
+from sarnet.layers import (IMAGE_SIZE, PIXELS, SemiDenseStack, evaluating, generate_autoregressive, hidden_shapes,
+                           LayerShape, threshold_emit)
+from sarnet.params import check_keys
 
 
-@contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside the block, the caller's mode restored after it."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
+class Generator(nn.Module):
+    """A torch model that generates 28×28 images and can be rebuilt from its file.
+
+    Subclasses set `kind` (its params.yaml section and model-file tag), `arch_keys` (the section's
+    keys that are constructor arguments) and `sampling_keys` (the keys of `sampling.<kind>`).
+    """
+
+    kind: ClassVar[str]
+    arch_keys: ClassVar[tuple[str, ...]] = ()
+    sampling_keys: ClassVar[tuple[str, ...]] = ()
+    needs_latent: ClassVar[bool] = False
+    model_args: dict[str, Any]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], latent_dim: int | None = None) -> "Generator":
+        """The model a params.yaml section describes (its architecture keys; the rest is training's)."""
+        missing = [k for k in cls.arch_keys if k not in params]
+        if missing:
+            raise ConfigError(f"params.yaml: `{cls.kind}` has no '{missing[0]}'")
+        args = {k: params[k] for k in cls.arch_keys}
+        if cls.needs_latent:
+            if latent_dim is None:
+                raise ConfigError(f"{cls.kind} needs a latent dimension")
+            args["latent_dim"] = int(latent_dim)
+        return cls(**args)
+
+    def sample(self, n: int, generator: torch.Generator | None, **settings: Any) -> torch.Tensor:
+        """n images (n, 28, 28) in [0, 1]."""
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int, settings: Mapping[str, Any]) -> torch.Tensor:
+        """n images (n, 28, 28) as float32 on the CPU, seeded, with this kind's sampling settings."""
+        check_keys(f"sampling.{self.kind}", settings, self.sampling_keys, required=True)
+        return self.sample(n, torch.Generator().manual_seed(seed), **settings).float().cpu()
+
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters())
 
 
-@dataclass(frozen=True)
-class LayerShape:
-    """One side of a SemiDense layer: channels × size² pixels in patch² patches."""
-
-    channels: int
-    size: int
-    patch: int
-
-
-DEFAULT_HIDDEN = (LayerShape(2, 14, 2), LayerShape(2, 28, 4))
-
-
-def hidden_shapes(spec: Sequence[Sequence[int]] | None) -> tuple[LayerShape, ...]:
-    """[[channels, size, patch], ...] from params.yaml -> LayerShapes."""
-    return DEFAULT_HIDDEN if spec is None else tuple(LayerShape(*map(int, s)) for s in spec)
-
-
-class SemiDenseStack(nn.Module):
-    """SemiDense layers through `shapes` (the first of type a), each fed the latent z if any."""
-
-    def __init__(self, shapes: Sequence[LayerShape], activations: Sequence[str], latent_dim: int = 0) -> None:
-        super().__init__()
-        if len(activations) != len(shapes) - 1:
-            raise ConfigError(f"{len(shapes) - 1} layers need {len(shapes) - 1} activations, got {len(activations)}")
-        unknown = set(activations) - set(ACTIVATIONS)
-        if unknown:
-            raise ConfigError(f"unknown activation(s) {sorted(unknown)}; choose from {sorted(ACTIVATIONS)}")
-        self.shapes = tuple(shapes)
-        self.activations = tuple(activations)
-        self.latent_dim = latent_dim
-        self.layers = nn.ModuleList(
-            SemiDense(a.channels, b.channels, a.size, b.size, a.patch, b.patch, latent_dim=latent_dim, first=(i == 0))
-            for i, (a, b) in enumerate(zip(shapes[:-1], shapes[1:]))
-        )
-        self.n_patches = self.layers[0].n_patches
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        for layer, act in zip(self.layers, self.activations):
-            x = ACTIVATIONS[act](layer(x, z))
-        return x
-
-    def patch_pixels(self, patch: int) -> torch.Tensor:
-        """Indices of the output units belonging to one patch (all channels)."""
-        return (self.layers[-1].out_patch_index == patch).nonzero().squeeze(1)
-
-
-class SarNet(nn.Module):
+class SarNet(Generator):
     """Simple SarNET: a SemiDense stack without latent input.
 
     classes=0: regression, output = pixel values (no activation), loss mean|x−y|^a + (1 − SSIM).
     classes=C: classification over C intensity classes, one-hot input channels, logits out.
     """
 
-    def __init__(self, hidden: Sequence[LayerShape] = DEFAULT_HIDDEN, patch: int = 4, classes: int = 0,
-                 loss_power: float = 1.0) -> None:
+    kind = "sarnet"
+    arch_keys = ("hidden", "patch", "classes", "loss_power")
+    sampling_keys = ("alpha_max", "p_earlier", "threshold", "refine", "temperature")
+
+    def __init__(self, hidden: Sequence[Sequence[int]], patch: int, classes: int, loss_power: float) -> None:
         super().__init__()
         if classes == 1 or classes < 0 or classes > 256:
             raise ConfigError(f"classes must be 0 (regression) or 2..256, got {classes}")
+        shapes_hidden = hidden_shapes(hidden)
+        self.model_args = {"hidden": [[s.channels, s.size, s.patch] for s in shapes_hidden], "patch": int(patch),
+                           "classes": int(classes), "loss_power": float(loss_power)}
         self.classes = classes
         self.loss_power = loss_power
         channels = classes or 1
-        shapes = (LayerShape(channels, IMAGE_SIZE, patch), *hidden, LayerShape(channels, IMAGE_SIZE, patch))
+        shapes = (LayerShape(channels, IMAGE_SIZE, patch), *shapes_hidden, LayerShape(channels, IMAGE_SIZE, patch))
         self.stack = SemiDenseStack(shapes, ["relu"] * (len(shapes) - 2) + ["none"])
 
     def quantise(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels -> class indices floor(x·255 / (256 // C)) (REFERENCE.md)."""
+        """[0, 1] pixels -> class indices floor(x·255 / (256 // C)) (docs/protocol.md "Models")."""
         return torch.div((x * 255).round().long(), 256 // self.classes, rounding_mode="floor").clamp_(0, self.classes - 1)
 
     def class_values(self, classes: torch.Tensor) -> torch.Tensor:
@@ -127,6 +114,68 @@ class SarNet(nn.Module):
                           data_range=1.0, size_average=False)
         return power + (1.0 - similarity)
 
+    def sample(self, n: int, generator: torch.Generator | None, *, alpha_max: float, p_earlier: float,
+               threshold: float, refine: bool, temperature: float, method: str = "incremental") -> torch.Tensor:
+        """n images: the noise sampler for regression, class draws at `temperature` for classification."""
+        if self.classes:
+            return self.sample_classes(n, generator, temperature=temperature, method=method)
+        return self.sample_noise(n, generator, alpha_max=alpha_max, p_earlier=p_earlier, threshold=threshold,
+                                 refine=refine)
+
+    @torch.no_grad()
+    def sample_noise(self, n: int, generator: torch.Generator | None, *, alpha_max: float, p_earlier: float,
+                     threshold: float, refine: bool, batch_size: int = 2048) -> torch.Tensor:
+        """Regression sampler, thesis §3.3: per image α = α_max·U[0,1] and noise α·|N(0,1)|.
+
+        At step i the noise is added to input patch i and, with probability `p_earlier`, to each earlier
+        patch (drawn anew each step); output patch i+1 is written (pixels < threshold → 0, > 1 → 1).
+        The noise never reaches the stored image. Then one refining pass over the whole image.
+        """
+        if self.classes:
+            raise ConfigError("sample_noise needs a regression SarNet (classes=0); use sample_classes")
+        param = self._param()
+        stack = self.stack
+        patch_index = stack.layers[0].in_patch_index
+        clean = threshold_emit(threshold, clip_high=True)
+        parts = []
+        with evaluating(self):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                alpha = alpha_max * torch.rand(b, 1, generator=generator)
+                noise = (alpha * torch.randn(b, PIXELS, generator=generator).abs()).to(param.device, param.dtype)
+                img = torch.zeros(b, PIXELS, device=param.device, dtype=param.dtype)
+                for i in range(stack.n_patches - 1):
+                    chosen = (torch.rand(b, stack.n_patches, generator=generator) < p_earlier).to(param.device)
+                    noisy = chosen[:, patch_index] & (patch_index < i) | (patch_index == i)
+                    out = stack(img + noise * noisy, None)
+                    units = (patch_index == i + 1).nonzero().squeeze(1)
+                    img[:, units] = clean(out[:, units])
+                if refine:
+                    img = clean(stack(img, None))
+                parts.append(img)
+        return torch.cat(parts).view(n, IMAGE_SIZE, IMAGE_SIZE)
+
+    @torch.no_grad()
+    def sample_classes(self, n: int, generator: torch.Generator | None, *, temperature: float,
+                       method: str = "incremental") -> torch.Tensor:
+        """Classification sampler: each pixel's class drawn from softmax(logits / temperature)."""
+        if not self.classes:
+            raise ConfigError("sample_classes needs a classification SarNet (classes >= 2)")
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        param = self._param()
+        classes = self.classes
+
+        def emit(logits: torch.Tensor) -> torch.Tensor:  # (B, C·units) channel-major within the patch
+            b = len(logits)
+            probs = F.softmax(logits.view(b, classes, -1).transpose(1, 2) / temperature, dim=-1)  # (B, units, C)
+            draws = torch.multinomial(probs.reshape(-1, classes).float().cpu(), 1, generator=generator).view(b, -1)
+            return F.one_hot(draws, classes).transpose(1, 2).reshape(b, -1).to(logits.device, logits.dtype)
+
+        x0 = self.encode_input(torch.zeros(n, PIXELS, device=param.device, dtype=param.dtype))
+        one_hot = generate_autoregressive(self.stack, x0, None, first_patch=1, method=method, emit=emit)
+        return self.class_values(one_hot.view(n, classes, PIXELS).argmax(dim=1)).view(n, IMAGE_SIZE, IMAGE_SIZE)
+
 
 class ConvEncoder(nn.Module):
     """Conv 1→32 s2, Conv 32→64 s2, Conv 64→128 7×7, then μ and log σ² heads (both VAEs)."""
@@ -153,11 +202,19 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
     return bce + kl
 
 
-class _VAE(nn.Module):
+class _VAE(Generator):
     latent_dim: int
     encoder: ConvEncoder
+    needs_latent = True
 
-    def decode(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim = latent_dim
+        self.encoder = ConvEncoder(latent_dim)
+
+    def decode(self, x: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,58 +230,68 @@ class _VAE(nn.Module):
         recon, mu, logvar = self(x)
         return vae_loss(recon, x, mu, logvar)
 
+    def prior(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """z ~ N(0, I), drawn on the CPU generator (the same numbers on any device)."""
+        param = self._param()
+        return torch.randn(n, self.latent_dim, generator=generator, dtype=param.dtype).to(param.device)
+
 
 class SarNetVAE(_VAE):
     """Conv encoder + SemiDense decoder fed z at every layer (ReLU, ReLU, Sigmoid)."""
 
-    def __init__(self, latent_dim: int, hidden: Sequence[LayerShape] = DEFAULT_HIDDEN, patch: int = 4) -> None:
-        super().__init__()
-        if latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
-        self.latent_dim = latent_dim
-        self.encoder = ConvEncoder(latent_dim)
-        shapes = (LayerShape(1, IMAGE_SIZE, patch), *hidden, LayerShape(1, IMAGE_SIZE, patch))
+    kind = "sarnet_vae"
+    arch_keys = ("hidden", "patch")
+    sampling_keys = ("threshold",)
+
+    def __init__(self, latent_dim: int, hidden: Sequence[Sequence[int]], patch: int) -> None:
+        super().__init__(latent_dim)
+        shapes_hidden = hidden_shapes(hidden)
+        self.model_args = {"latent_dim": int(latent_dim), "hidden": [[s.channels, s.size, s.patch] for s in shapes_hidden],
+                           "patch": int(patch)}
+        shapes = (LayerShape(1, IMAGE_SIZE, patch), *shapes_hidden, LayerShape(1, IMAGE_SIZE, patch))
         self.decoder = SemiDenseStack(shapes, ["relu"] * (len(shapes) - 2) + ["sigmoid"], latent_dim=latent_dim)
 
     def decode(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoding: output patch i from input patches < i and z."""
         return self.decoder(x, z)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, method: str = "incremental",
-               threshold: float = 0.105, z: torch.Tensor | None = None) -> torch.Tensor:
-        """n images (n, 28, 28) in [0, 1], generated patch by patch from z ~ N(0, I); patch 0 stays black."""
-        from sarnet.sampling import generate_autoregressive
-
-        z = self._prior(n, generator) if z is None else z
+    def sample(self, n: int, generator: torch.Generator | None = None, *, threshold: float,
+               z: torch.Tensor | None = None, method: str = "incremental") -> torch.Tensor:
+        """n images (n, 28, 28) in [0, 1], generated patch by patch from z ~ N(0, I) (or the given z);
+        patch 0 stays black."""
+        z = self.prior(n, generator) if z is None else z
         start = torch.zeros(len(z), PIXELS, device=z.device, dtype=z.dtype)
         return generate_autoregressive(self.decoder, start, z, first_patch=1, threshold=threshold,
                                        method=method).view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
-    def inpaint(self, images: torch.Tensor, keep_patches: int, n_styles: int, generator: torch.Generator | None = None,
-                z_scale: float = 1 / 1.5, threshold: float = 0.15, method: str = "incremental") -> torch.Tensor:
+    def inpaint(self, images: torch.Tensor, generator: torch.Generator | None, *, keep_patches: int, n_styles: int,
+                z_scale: float, threshold: float, method: str = "incremental") -> torch.Tensor:
         """Complete each image from its first `keep_patches` patches in `n_styles` styles (z ~ N(0, I)·z_scale).
 
         Returns (n_images, n_styles, 28, 28); the kept patches are copied bit for bit.
         """
-        from sarnet.sampling import inpaint
-
-        return inpaint(self, images, keep_patches, n_styles, generator, z_scale, threshold, method)
-
-    def _prior(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        device = next(self.parameters()).device
-        dtype = next(self.parameters()).dtype
-        return torch.randn(n, self.latent_dim, generator=generator, dtype=dtype).to(device)
+        if n_styles < 1:
+            raise ConfigError(f"n_styles must be >= 1, got {n_styles}")
+        flat = images.reshape(len(images), -1)
+        if flat.shape[1] != PIXELS:
+            raise ConfigError(f"expected images of 28×28 pixels, got {tuple(images.shape)}")
+        param = self._param()
+        x0 = flat.to(param.device, param.dtype).repeat_interleave(n_styles, dim=0)
+        x0[:, self.decoder.layers[0].in_patch_index >= keep_patches] = 0.0
+        z = self.prior(len(x0), generator) * z_scale
+        out = generate_autoregressive(self.decoder, x0, z, first_patch=keep_patches, threshold=threshold, method=method)
+        return out.view(len(images), n_styles, IMAGE_SIZE, IMAGE_SIZE)
 
 
 class ConvVAE(_VAE):
     """The TensorFlow-tutorial convolutional VAE (the thesis's baseline)."""
 
+    kind = "conv_vae"
+    sampling_keys = ("batch_size",)
+
     def __init__(self, latent_dim: int) -> None:
-        super().__init__()
-        if latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {latent_dim}")
-        self.latent_dim = latent_dim
-        self.encoder = ConvEncoder(latent_dim)
+        super().__init__(latent_dim)
+        self.model_args = {"latent_dim": int(latent_dim)}
         self.project = nn.Linear(latent_dim, 128)
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(128, 64, 7), nn.ReLU(),
@@ -236,27 +303,23 @@ class ConvVAE(_VAE):
         return self.deconv(self.project(z).view(-1, 128, 1, 1)).view(-1, PIXELS)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 2000) -> torch.Tensor:
-        """n images (n, 28, 28) decoded from z ~ N(0, I), no threshold."""
-        param = next(self.parameters())
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=param.dtype).to(param.device)
+    def sample(self, n: int, generator: torch.Generator | None = None, *, batch_size: int) -> torch.Tensor:
+        """n images (n, 28, 28) decoded from z ~ N(0, I), no threshold, `batch_size` codes at a time."""
+        z = self.prior(n, generator)
         with evaluating(self):
             images = torch.cat([self.decode(None, z[i : i + batch_size]) for i in range(0, n, batch_size)])
         return images.view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
-MODEL_KINDS = ("sarnet", "sarnet_vae", "conv_vae")
+GENERATOR_CLASSES: dict[str, type[Generator]] = {cls.kind: cls for cls in (SarNet, SarNetVAE, ConvVAE)}
 
 
-def build_model(kind: str, params: dict, latent_dim: int | None = None) -> nn.Module:
+def generator_class(kind: str) -> type[Generator]:
+    if kind not in GENERATOR_CLASSES:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {', '.join(GENERATOR_CLASSES)}")
+    return GENERATOR_CLASSES[kind]
+
+
+def build_model(kind: str, params: Mapping[str, Any], latent_dim: int | None = None) -> Generator:
     """The model a params.yaml section describes (`sarnet`, `sarnet_vae` or `conv_vae`)."""
-    if kind == "sarnet":
-        return SarNet(hidden_shapes(params.get("hidden")), params.get("patch", 4), params.get("classes", 0),
-                      params.get("loss_power", 1.0))
-    if kind in ("sarnet_vae", "conv_vae") and latent_dim is None:
-        raise ConfigError(f"{kind} needs a latent dimension")
-    if kind == "sarnet_vae":
-        return SarNetVAE(int(latent_dim), hidden_shapes(params.get("hidden")), params.get("patch", 4))
-    if kind == "conv_vae":
-        return ConvVAE(int(latent_dim))
-    raise ConfigError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return generator_class(kind).from_params(params, latent_dim)

@@ -72,7 +72,7 @@ class SemiDense(nn.Module):
         latent = torch.ones(self.out_features, latent_dim, dtype=torch.bool)
         self.register_buffer("mask", torch.cat([allowed, latent], dim=1).float())
 
-        fan_in = self.in_features + latent_dim  # the full, unmasked fan-in (REFERENCE.md "Init")
+        fan_in = self.in_features + latent_dim  # the full, unmasked fan-in (docs/protocol.md "Init")
         bound = 1.0 / math.sqrt(fan_in)
         self.weight = nn.Parameter(torch.empty(self.out_features, fan_in).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(self.out_features).uniform_(-bound, bound))

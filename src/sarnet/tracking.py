@@ -10,6 +10,7 @@ on untracked after one warning.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -99,6 +100,8 @@ class Tracker:
             self._client = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled:  # untracked (or no mlflow installed): nothing to import or send
+            return
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
@@ -107,6 +110,8 @@ class Tracker:
             self._call("log_params", lambda: self._client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.enabled:  # untracked (or no mlflow installed): nothing to import or send
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -114,6 +119,8 @@ class Tracker:
         self._call("log_metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.enabled:  # untracked (or no mlflow installed): nothing to import or send
+            return
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -129,6 +136,11 @@ def _warn(message: str) -> None:
 
 
 def _client():
+    if _is_local_default() and (project_root() / STORE_FILE).exists() and not (project_root() / STORE_FILE).is_file():
+        # sqlite would retry for minutes on a directory in the store's place
+        raise OSError(f"{project_root() / STORE_FILE} is not a file")
+    for noisy in ("mlflow", "alembic", "sqlalchemy"):  # their own error logs would repeat our one warning
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     from mlflow.tracking import MlflowClient
 
     # No mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI, which would hide the default.

@@ -15,7 +15,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,8 +25,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sarnet.device import default_device
 from sarnet.errors import ConfigError, TrainingDiverged
 from sarnet.files import atomic_path
+from sarnet.model_files import describe, save_model
+from sarnet.params import check_int, check_keys, check_number
 
 # Per-sample losses, shape (B,), for one batch (a tuple of tensors sharing dim 0).
 PerSampleLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
@@ -34,6 +37,16 @@ PerSampleLoss = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
 
 class EpochLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+
+def _check_types(section: str, values: dict[str, Any]) -> None:
+    """Integers where counts are meant, finite numbers for rates, before any work."""
+    for name in ("epochs", "batch_size", "seed"):
+        if name in values:
+            check_int(section, name, values[name])
+    for name in ("lr", "momentum", "weight_decay"):
+        if name in values:
+            check_number(section, name, values[name])
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types("TrainConfig", asdict(self))
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
@@ -60,12 +74,30 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in params.items() if k in known})
+    def from_params(cls, params: dict[str, Any], section: str, other_keys: Iterable[str] = ()) -> "TrainConfig":
+        """The training settings of a params.yaml section whose other keys are `other_keys` (the
+        model's architecture, its data); any key that is neither is refused, with the nearest known key."""
+        known = set(cls.__dataclass_fields__)
+        check_keys(section, params, known | set(other_keys))
+        values = {k: v for k, v in params.items() if k in known}
+        _check_types(section, values)  # named by section: `conv_vae.epochs must be an integer`
+        return cls(**values)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(config: TrainConfig, model: nn.Module, datasets: Sequence[Sequence[torch.Tensor] | None]) -> str:
+    """What determines a training run: its config, the model's kind and architecture, and the
+    exact data (shapes and bytes of every tensor). A checkpoint resumes only a run with the same one."""
+    digest = hashlib.sha256(config.fingerprint().encode())
+    digest.update(json.dumps(describe(model), sort_keys=True).encode())
+    for data in datasets:
+        for tensor in data or ():
+            flat = tensor.detach().cpu().contiguous()
+            digest.update(f"{tuple(flat.shape)} {flat.dtype};".encode())
+            digest.update(flat.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -83,10 +115,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -149,18 +177,120 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         "history": [asdict(r) for r in history],
         "rng": torch.get_rng_state(),
     }
+    buffer = io.BytesIO()  # serialised in memory, so a full disk is a plain OSError, not a torch archive error
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Move a checkpoint that must not be resumed out of the way (kept for a look), with one warning."""
+    stale = path.with_name(path.name + ".stale")
+    path.replace(stale)
+    print(f"warning: {path} {why}; set aside as {stale.name}, training from scratch", file=sys.stderr)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        print(f"note: {path} was written with another configuration; training from scratch", file=sys.stderr)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty or foreign: never worth a traceback on every run
+        _set_aside(path, f"is unreadable ({type(exc).__name__})")
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        _set_aside(path, "belongs to another run (config, model or data differ)")
         return None
     return state
+
+
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch."""
+
+    model: nn.Module
+    loss_fn: PerSampleLoss
+    train_data: Sequence[torch.Tensor]
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    checkpoint_path: Path
+    progress: bool
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def _resume(run: _Run, fingerprint: str) -> int:
+    """Restore the run from its checkpoint if one of the same configuration exists; the epochs done."""
+    state = _load_checkpoint(run.checkpoint_path, fingerprint)
+    if state is None:
+        return 0
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        run.history = [EpochRecord(**r) for r in state["history"]]
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        _set_aside(run.checkpoint_path, f"does not restore ({type(exc).__name__})")
+        return 0
+    print(f"resuming from {run.checkpoint_path} after epoch {state['epoch']}/{run.config.epochs}", file=sys.stderr)
+    return state["epoch"]
+
+
+def _diverged(run: _Run, epoch: int, step: int) -> TrainingDiverged:
+    last = f"{run.checkpoint_path} (after epoch {epoch})" if epoch > 0 else "none yet"
+    return TrainingDiverged(f"non-finite loss at epoch {epoch + 1}, batch {step + 1}; last good checkpoint: "
+                            f"{last}; lower the learning rate (now {run.config.lr})")
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One pass over the training data (0-based `epoch`); the mean per-sample loss.
+    Shuffling depends only on (seed, epoch), so a resumed run matches an uninterrupted one."""
+    config, n = run.config, len(run.train_data[0])
+    run.model.train()
+    shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    total, count = 0.0, 0
+    bar = tqdm(_batches(n, config.batch_size, shuffle), desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not run.progress, leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    for step, idx in enumerate(bar):
+        batch = tuple(t[idx].to(run.device, non_blocking=True) for t in run.train_data)
+        try:
+            losses = run.loss_fn(run.model, batch)
+        except RuntimeError:  # e.g. BCE refusing NaN outputs of diverged weights
+            if all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+                raise
+            raise _diverged(run, epoch, step) from None
+        objective = _objective(losses, config.reduction)
+        if not torch.isfinite(objective):
+            raise _diverged(run, epoch, step)
+        run.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        total += float(losses.detach().sum())
+        count += len(idx)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{total / count:.4g}", refresh=False)
+    bar.close()
+    return total / count
+
+
+def _end_epoch(run: _Run, record: EpochRecord, fingerprint: str, history_path: Path | None,
+               logger: EpochLogger | None) -> None:
+    """Checkpoint, history CSV, tracker and console line after an epoch."""
+    run.history.append(record)
+    _save_checkpoint(run.checkpoint_path, run.model, run.optimizer, run.scheduler, record.epoch, run.history, fingerprint)
+    if history_path is not None:
+        write_history_csv(history_path, run.history)
+    if logger is not None:
+        metrics = {"train_loss": record.train_loss, "epoch_seconds": record.seconds}
+        if record.test_loss is not None:
+            metrics["test_loss"] = record.test_loss
+        logger.log_metrics(metrics, step=record.epoch)
+    test_text = "" if record.test_loss is None else f"  test {record.test_loss:.5g}"
+    print(f"epoch {record.epoch}/{run.config.epochs}  train {record.train_loss:.5g}{test_text}  ({record.seconds:.1f}s)",
+          file=sys.stderr)
 
 
 def fit(
@@ -176,89 +306,30 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
 ) -> list[EpochRecord]:
-    """Train `model` in place; write its state dict to `final_path` and return the per-epoch history.
+    """Train `model` in place; write it as a model file (model_files.save_model) to `final_path` and
+    return the per-epoch history.
 
     The checkpoint at `checkpoint_path` is written after every epoch and removed once
     `final_path` is written; if it exists at the start with the same configuration, training
     resumes after its last epoch.
     """
+    describe(model)  # a model that cannot be saved fails now, not after its last epoch
     device = device or default_device()
-    checkpoint_path, final_path = Path(checkpoint_path), Path(final_path)
-    fingerprint = config.fingerprint()
     model.to(device)
-    n = len(train_data[0])
-    steps_per_epoch = -(-n // config.batch_size)
+    steps = config.epochs * -(-len(train_data[0]) // config.batch_size)
     optimizer = _make_optimizer(model, config)
-    scheduler = _make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
-    history: list[EpochRecord] = []
-    start_epoch = 0
-
-    state = _load_checkpoint(checkpoint_path, fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = [EpochRecord(**r) for r in state["history"]]
-        start_epoch = state["epoch"]
-        print(f"resuming from {checkpoint_path} after epoch {start_epoch}/{config.epochs}", file=sys.stderr)
-
-    for epoch in range(start_epoch, config.epochs):
+    run = _Run(model, loss_fn, train_data, config, device, optimizer, _make_scheduler(optimizer, config, steps),
+               Path(checkpoint_path), progress)
+    history_path = None if history_path is None else Path(history_path)
+    fingerprint = run_fingerprint(config, model, (train_data, test_data))
+    for epoch in range(_resume(run, fingerprint), config.epochs):
         started = time.perf_counter()
-        model.train()
-        shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        total, count = 0.0, 0
-        bar = tqdm(_batches(n, config.batch_size, shuffle), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                   file=sys.stderr)
-        for step, idx in enumerate(bar):
-            batch = tuple(t[idx].to(device, non_blocking=True) for t in train_data)
-            losses = loss_fn(model, batch)
-            objective = _objective(losses, config.reduction)
-            if not torch.isfinite(objective):
-                last = f"{checkpoint_path} (after epoch {epoch})" if epoch > 0 else "none yet"
-                raise TrainingDiverged(
-                    f"non-finite loss at epoch {epoch + 1}, batch {step + 1}; last good checkpoint: {last}; "
-                    f"lower the learning rate (now {config.lr})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(losses.detach().sum())
-            count += len(idx)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / count:.4g}", refresh=False)
-        bar.close()
+        train_loss = _train_epoch(run, epoch)
         test_loss = evaluate_loss(model, loss_fn, test_data, config.batch_size * 4, device) if test_data else None
-        record = EpochRecord(epoch + 1, total / count, test_loss, time.perf_counter() - started)
-        history.append(record)
-        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, history, fingerprint)
-        if history_path is not None:
-            write_history_csv(Path(history_path), history)
-        if logger is not None:
-            metrics = {"train_loss": record.train_loss, "epoch_seconds": record.seconds}
-            if test_loss is not None:
-                metrics["test_loss"] = test_loss
-            logger.log_metrics(metrics, step=record.epoch)
-        test_text = "" if test_loss is None else f"  test {test_loss:.5g}"
-        print(f"epoch {record.epoch}/{config.epochs}  train {record.train_loss:.5g}{test_text}  ({record.seconds:.1f}s)",
-              file=sys.stderr)
-
-    if history_path is not None and not history:
-        write_history_csv(Path(history_path), history)
-    save_state_dict(model, final_path)
-    checkpoint_path.unlink(missing_ok=True)
-    return history
-
-
-def save_state_dict(model: nn.Module, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-
-
-def load_state_dict(model: nn.Module, path: str | Path, device: torch.device | None = None) -> nn.Module:
-    """Load weights saved by `save_state_dict` (tensors only: weights_only=True, no pickle)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device or torch.device("cpu")).eval()
+        _end_epoch(run, EpochRecord(epoch + 1, train_loss, test_loss, time.perf_counter() - started),
+                   fingerprint, history_path, logger)
+    if history_path is not None and not run.history:
+        write_history_csv(history_path, run.history)
+    save_model(model, final_path)
+    run.checkpoint_path.unlink(missing_ok=True)
+    return run.history

@@ -1,0 +1,91 @@
+"""Model files: safetensors weights whose metadata says what the model is (its kind and constructor
+arguments), so one loader (loader.py) rebuilds any of the project's torch models from the file
+alone: no pickle, no params.yaml.
+
+Metadata: a single key "sarnet" holding sorted-key JSON {"format", "kind", "args"} (one key, so the
+header's bytes never depend on a hash map's order); the same weights always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sarnet.errors import ConfigError, DataError
+from sarnet.files import atomic_path
+
+FORMAT = "sarnet-model/1"
+META_KEY = "sarnet"
+SUFFIX = ".safetensors"
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """{"format", "kind", "args"} of a model that knows its kind and constructor arguments."""
+    kind, args = getattr(model, "kind", None), getattr(model, "model_args", None)
+    if kind is None or args is None:
+        raise ConfigError(f"{type(model).__name__} does not say what it is (needs `kind` and `model_args`)")
+    return {"format": FORMAT, "kind": kind, "args": args}
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: flipped bytes show."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's weights and description atomically; identical weights give identical bytes."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    header = json.dumps(describe(model) | {"sha256": weights_digest(tensors)}, sort_keys=True, separators=(",", ":"))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: header})
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The file's {"format", "kind", "args"}; DataError (one line) for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file; train it with `dvc repro` first")
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= min(100_000_000, path.stat().st_size - 8):
+                raise ValueError("bad header size")
+            meta = json.loads(fh.read(size)).get("__metadata__") or {}
+        info = json.loads(meta[META_KEY])
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a sarnet model file (expected safetensors with sarnet metadata)") from None
+    if info.get("format") != FORMAT or not isinstance(info.get("kind"), str) or not isinstance(info.get("args"), dict):
+        raise DataError(f"{path}: unsupported model file (format {info.get('format')!r}, kind {info.get('kind')!r})")
+    return info
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a model file's weights into an existing module of the same architecture."""
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable model file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    info = read_description(path)
+    if info.get("sha256") != weights_digest(state):
+        raise DataError(f"{path}: weights do not match the checksum recorded with them (a damaged file)")
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DataError(f"{path}: non-finite weights in {bad[0]} (a diverged or damaged model)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(f"{path}: weights do not fit the model ({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
+    return model

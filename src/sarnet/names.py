@@ -1,0 +1,40 @@
+"""The names a generator's files and runs go by (no model code: stages that only need a name,
+such as the FID table, do not depend on the models)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sarnet.errors import ConfigError
+from sarnet.model_files import SUFFIX
+
+GENERATOR_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost")
+LATENT_KINDS = ("sarnet_vae", "conv_vae")
+_NAME = re.compile(r"[a-z0-9]+(_[a-z0-9]+)*")
+
+
+def generator_name(kind: str, latent_dim: int | None = None, data: str | None = None) -> str:
+    """The name a generator's files and runs go by: `sarnet_vae_L128`, `sarnet`, `gen_xgboost`; a VAE
+    trained on another training set (a key of params.yaml's `<kind>_data`) is `sarnet_vae_fashion_L128`."""
+    if kind not in GENERATOR_KINDS:
+        raise ConfigError(f"unknown generator {kind!r}; choose one of {', '.join(GENERATOR_KINDS)}")
+    if kind in LATENT_KINDS:
+        if latent_dim is None:
+            raise ConfigError(f"{kind} needs a latent dimension")
+        if data is not None and not _NAME.fullmatch(data):
+            raise ConfigError(f"training-set name {data!r}: use lower-case letters, digits and single underscores")
+        return f"{kind}_L{int(latent_dim)}" if data is None else f"{kind}_{data}_L{int(latent_dim)}"
+    if data is not None:
+        raise ConfigError(f"{kind} has no training-set variants (got {data!r})")
+    if latent_dim is not None:
+        raise ConfigError(f"{kind} has no latent dimension (got {latent_dim})")
+    return kind
+
+
+def model_path(kind: str, latent_dim: int | None = None, root: str | os.PathLike = "models",
+               data: str | None = None) -> Path:
+    """Where the training stages write a generator (a folder for XGBoost, a model file otherwise)."""
+    name = generator_name(kind, latent_dim, data)
+    return Path(root) / kind if kind == "gen_xgboost" else Path(root) / kind / f"{name}{SUFFIX}"

@@ -1,0 +1,55 @@
+"""Strict reading of params.yaml sections: a mistyped key is an error, never silently dropped."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sarnet.errors import ConfigError
+
+
+def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str], required: bool = False) -> None:
+    """ConfigError naming the first unknown key of `section` and the nearest known one; with
+    `required`, also the first known key that is missing."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"params.yaml: `{section}` must be a mapping of keys to values, got {type(given).__name__}")
+    known = sorted(set(known))
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        key = str(unknown[0])
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known) or 'none'}"
+        raise ConfigError(f"params.yaml: unknown key '{key}' in `{section}`{hint}")
+    if required:
+        missing = [k for k in known if k not in given]
+        if missing:
+            raise ConfigError(f"params.yaml: `{section}` has no '{missing[0]}'")
+
+
+def check_int(section: str, key: str, value: Any, minimum: int | None = None, optional: bool = False) -> None:
+    """ConfigError unless `value` is an integer (not a bool, float or string) >= minimum; None if `optional`."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"params.yaml: `{section}.{key}` must be an integer{' or null' if optional else ''}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"params.yaml: `{section}.{key}` must be >= {minimum}, got {value}")
+
+
+def check_number(section: str, key: str, value: Any, positive: bool = False) -> None:
+    """ConfigError unless `value` is a finite real number (> 0 if `positive`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"params.yaml: `{section}.{key}` must be a number, got {value!r}")
+    if positive and not value > 0:
+        raise ConfigError(f"params.yaml: `{section}.{key}` must be > 0, got {value}")
+
+
+def check_data_keys(section: str, params: Mapping[str, Any]) -> None:
+    """The keys every model section has about its training data: dataset, digit, train_limit."""
+    if not isinstance(params.get("dataset"), str):
+        raise ConfigError(f"params.yaml: `{section}.dataset` must be a dataset name, got {params.get('dataset')!r}")
+    check_int(section, "digit", params.get("digit"), minimum=0, optional=True)
+    if params.get("digit") is not None and params["digit"] > 9:
+        raise ConfigError(f"params.yaml: `{section}.digit` must be a class 0..9 or null, got {params['digit']}")
+    check_int(section, "train_limit", params.get("train_limit"), minimum=1, optional=True)

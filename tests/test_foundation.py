@@ -1,0 +1,321 @@
+"""The project's foundation: dvc.yaml declares exactly what each stage imports and reads, params
+are strict, model files describe themselves and are byte-deterministic, the library's layers show
+in its imports, and the facts the code cites live in the repository."""
+
+import ast
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stage_imports import ROOT, project_imports
+from sarnet.classifier import MnistClassifier
+from sarnet.errors import ConfigError, DataError
+from sarnet.gen_xgboost import GenXGBConfig
+from sarnet.loader import load_model
+from sarnet.model_files import save_model
+from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.params import check_keys
+from sarnet.training import TrainConfig
+
+HIDDEN = [[2, 14, 2], [2, 28, 4]]
+
+
+@pytest.fixture(scope="module")
+def stages():
+    """dvc.yaml's stages as DVC resolves them: name -> (command, input paths, param keys)."""
+    from dvc.repo import Repo
+
+    out = {}
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            paths = {d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency"}
+            keys = {k for d in stage.deps if type(d).__name__ == "ParamsDependency" for k in d.params}
+            out[stage.name] = (stage.cmd, paths, keys)
+    return out
+
+
+# -- 1. exact code dependencies ---------------------------------------------------------------
+
+def test_every_stage_declares_every_project_file_its_script_imports(stages):
+    assert len(stages) > 30
+    for name, (cmd, paths, _) in stages.items():
+        script = shlex.split(cmd)[1]
+        imported = project_imports(script)
+        assert imported - paths == set(), f"{name}: dvc.yaml misses {sorted(imported - paths)}"
+        declared_code = {p for p in paths if p.endswith(".py")}
+        assert declared_code - imported == set(), f"{name}: declares code it does not import: {sorted(declared_code - imported)}"
+
+
+def test_the_import_walk_sees_transitive_and_lazy_imports(tmp_path):
+    # evaluate.py imports sarnet.generators, which imports gen_xgboost and loader -> models -> layers -> semidense
+    files = project_imports("pipeline/evaluate.py")
+    for module in ("generators", "gen_xgboost", "loader", "models", "layers", "semidense", "__init__"):
+        assert f"src/sarnet/{module}.py" in files
+    assert "pipeline/_stage.py" in files and "src/sarnet/cli.py" not in files
+
+
+# -- 2. params by key ---------------------------------------------------------------------------
+
+def test_other_training_sets_do_not_depend_on_the_keys_they_override(stages):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base, entries = params["sarnet_vae"], params["sarnet_vae_data"]
+    for key, entry in entries.items():
+        _, _, keys = stages[f"train_sarnet_vae_data@{key}"]
+        inherited = {f"sarnet_vae.{k}" for k in base if k not in entry}
+        from_base = {k for k in keys if k.startswith("sarnet_vae.")}
+        assert from_base == inherited, f"{key}: depends on {sorted(from_base)}, inherits {sorted(inherited)}"
+        assert "sarnet_vae.epochs" not in keys and f"sarnet_vae_data.{key}" in keys
+        # its evaluation reads the dataset and digit from the entry alone
+        assert {"dataset", "digit"} <= set(entry)
+        _, _, eval_keys = stages[f"evaluate_sarnet_vae_data@{key}"]
+        assert not any(k.startswith("sarnet_vae.") for k in eval_keys)
+
+
+def test_evaluations_depend_on_no_architecture_params(stages):
+    # generators and classifiers are rebuilt from their model files
+    for name, (_, _, keys) in stages.items():
+        if name.startswith(("evaluate", "calibrate", "figures")):
+            assert not any(k.startswith("train_classifier") for k in keys), name
+            assert not any(k.endswith((".hidden", ".patch")) or k in ("sarnet_vae", "conv_vae", "sarnet") for k in keys), name
+
+
+# -- 3. strict params ---------------------------------------------------------------------------
+
+def test_an_unknown_key_names_itself_its_section_and_the_nearest_known_key():
+    with pytest.raises(ConfigError) as info:
+        check_keys("sarnet", {"lr": 0.01, "momentun": 0.9}, ["lr", "momentum", "seed"])
+    assert str(info.value) == "params.yaml: unknown key 'momentun' in `sarnet`; did you mean 'momentum'?"
+    with pytest.raises(ConfigError, match="has no 'seed'"):
+        check_keys("sarnet", {"lr": 0.01, "momentum": 0.9}, ["lr", "momentum", "seed"], required=True)
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        check_keys("sampling.sarnet_vae", 0.105, ["threshold"])
+
+
+def test_training_and_xgboost_configs_refuse_mistyped_keys():
+    section = {"epochs": 2, "batch_size": 8, "lr": 0.1, "optimizer": "sgd", "momentun": 0.9, "dataset": "mnist"}
+    with pytest.raises(ConfigError, match="'momentun' in `sarnet`; did you mean 'momentum'"):
+        TrainConfig.from_params(section, "sarnet", other_keys=("dataset",))
+    xgb = yaml.safe_load((ROOT / "params.yaml").read_text())["gen_xgboost"] | {"max_bins": 32}
+    with pytest.raises(ConfigError, match="'max_bins' in `gen_xgboost`; did you mean 'max_bin'"):
+        GenXGBConfig.from_params(xgb, other_keys=("dataset", "digit", "train_limit", "keep_patches"))
+
+
+def test_sampling_settings_are_required_not_defaulted():
+    model = SarNetVAE(4, HIDDEN, 4)
+    with pytest.raises(ConfigError, match="`sampling.sarnet_vae` has no 'threshold'"):
+        model.generate(2, 0, {})
+    with pytest.raises(ConfigError, match="unknown key 'treshold'"):
+        model.generate(2, 0, {"threshold": 0.1, "treshold": 0.2})
+    import inspect
+
+    from sarnet import explain
+    from sarnet.layers import generate_autoregressive
+    for fn in (SarNetVAE.sample, SarNetVAE.inpaint, SarNet.sample, ConvVAE.sample, explain.inpainting_rows,
+               explain.interpolation_row, explain.importance_figure):
+        for name, parameter in inspect.signature(fn).parameters.items():
+            if name in ("threshold", "z_scale", "keep_patches", "n_styles", "temperature", "alpha_max", "k"):
+                assert parameter.default is inspect.Parameter.empty, f"{fn.__qualname__}({name}=...) repeats params.yaml"
+    assert inspect.signature(generate_autoregressive).parameters["threshold"].default is None
+
+
+def test_a_stage_refuses_a_mistyped_key_before_any_work(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["conv_vae"]["epochz"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(ROOT / "pipeline" / "train_model.py"), "conv_vae", "8"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: params.yaml: unknown key 'epochz' in `conv_vae`; did you mean 'epochs'?"
+    assert not (tmp_path / "models").exists() and not (tmp_path / "checkpoints").exists()
+
+
+# -- 4. self-describing, deterministic, pickle-free model files --------------------------------
+
+MODELS = {
+    "sarnet": lambda: SarNet(HIDDEN, 4, 0, 1.0),
+    "sarnet_classes": lambda: SarNet(HIDDEN, 4, 4, 1.0),
+    "sarnet_vae": lambda: SarNetVAE(8, HIDDEN, 4),
+    "conv_vae": lambda: ConvVAE(4),
+    "classifier": lambda: MnistClassifier([4, 8], 16, 0.1),
+}
+
+SAVE_IN_FRESH_PROCESS = """
+import sys, torch
+from sarnet.models import SarNetVAE
+from sarnet.model_files import save_model
+torch.manual_seed(7)
+save_model(SarNetVAE(8, [[2, 14, 2], [2, 28, 4]], 4), sys.argv[1])
+"""
+
+
+def test_the_same_weights_give_the_same_bytes_in_two_processes(tmp_path):
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", SAVE_IN_FRESH_PROCESS, str(path)], check=True, timeout=120)
+    torch.manual_seed(7)
+    save_model(SarNetVAE(8, HIDDEN, 4), tmp_path / "c.safetensors")
+    assert paths[0].read_bytes() == paths[1].read_bytes() == (tmp_path / "c.safetensors").read_bytes()
+    torch.manual_seed(8)
+    save_model(SarNetVAE(8, HIDDEN, 4), tmp_path / "d.safetensors")
+    assert (tmp_path / "d.safetensors").read_bytes() != paths[0].read_bytes()  # the bytes do follow the weights
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_loader_rebuilds_every_kind_from_the_file_alone(name, tmp_path):
+    torch.manual_seed(3)
+    model = MODELS[name]().eval()
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert type(loaded) is type(model) and loaded.model_args == model.model_args and not loaded.training
+    for (key, a), (key_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert key == key_b and torch.equal(a, b)
+    head = (tmp_path / "m.safetensors").read_bytes()[:4096]
+    assert b'"kind\\":\\"' + model.kind.encode() in head and b"pickle" not in head
+
+
+def test_bad_model_files_give_one_clear_line(tmp_path):
+    torch.manual_seed(0)
+    good = tmp_path / "vae.safetensors"
+    save_model(SarNetVAE(8, HIDDEN, 4), good)
+    cases = {
+        "truncated": (good.read_bytes()[: len(good.read_bytes()) // 2], "unreadable model file"),
+        "empty": (b"", "not a sarnet model file"),
+        "pickle": (None, "not a sarnet model file"),
+        "text": (b"hello, I am not a model\n", "not a sarnet model file"),
+    }
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pickle")
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(DataError, match=message) as info:
+            load_model(path)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="a sarnet_vae model file, expected a classifier"):
+        load_model(good, kind="classifier")
+    with pytest.raises(DataError, match="no such model file"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+# -- 5. layers visible in the imports ----------------------------------------------------------
+
+def _module_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sarnet."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("sarnet."))
+    return names
+
+
+def test_the_package_follows_its_module_map_without_cycles():
+    import sarnet
+
+    lines = [re.split(r"\s{2,}", line.strip())[0] for line in sarnet.__doc__.split("Module map")[1].splitlines()[1:]
+             if line.strip()]
+    layer = {name.strip(): i for i, line in enumerate(lines) for name in line.strip().split(",")}
+    modules = {p.stem for p in (ROOT / "src" / "sarnet").glob("*.py")} - {"__init__"}
+    assert modules == set(layer), f"module map differs from the package: {sorted(modules ^ set(layer))}"
+    for module in modules:
+        for imported in _module_imports(ROOT / "src" / "sarnet" / f"{module}.py"):
+            assert layer[imported] <= layer[module], f"{module} (line {layer[module] + 1}) imports {imported} (line {layer[imported] + 1})"
+    # within one line, no cycle either
+    graph = {m: _module_imports(ROOT / "src" / "sarnet" / f"{m}.py") for m in modules}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph[start])
+    assert [m for m in modules if reaches(m, m)] == []
+
+
+def test_the_pipeline_and_cli_do_not_switch_on_a_model_kind_to_sample():
+    for path in [*(ROOT / "pipeline").glob("*.py"), ROOT / "src" / "sarnet" / "cli.py", ROOT / "src" / "sarnet" / "generators.py"]:
+        text = path.read_text()
+        assert not re.search(r"""kind\s*==\s*["'](sarnet|sarnet_vae|conv_vae)["'].*\n.*sample""", text), path.name
+        assert "generate_model_samples" not in text and "state_dict" not in text, path.name
+
+
+# -- 6. the facts the code relies on live in the repository -----------------------------------
+
+def test_every_cited_protocol_section_exists_and_no_outside_file_is_cited():
+    headings = set(re.findall(r"^## (.+)$", (ROOT / "docs" / "protocol.md").read_text(), flags=re.M))
+    files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "pipeline").glob("*.py"), ROOT / "dvc.yaml"]
+    cited = set()
+    for path in files:
+        text = path.read_text()
+        assert "REFERENCE.md" not in text, f"{path.name} cites a file outside the repository"
+        cited.update(re.findall(r'docs/protocol\.md\s+"([^"]+)"', text))
+    assert cited and cited <= headings, f"missing sections: {sorted(cited - headings)}"
+
+
+def test_damaged_or_diverged_weights_are_refused_not_sampled(tmp_path):
+    torch.manual_seed(0)
+    model = SarNetVAE(8, HIDDEN, 4)
+    save_model(model, tmp_path / "good.safetensors")
+    data = bytearray((tmp_path / "good.safetensors").read_bytes())
+    data[-100] ^= 0x40  # one flipped bit in the last tensor's bytes: still a readable file, other weights
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="do not match the checksum"):
+        load_model(tmp_path / "flipped.safetensors")
+    with torch.no_grad():
+        model.decoder.layers[0].weight.fill_(float("nan"))
+    save_model(model, tmp_path / "nan.safetensors")
+    with pytest.raises(DataError, match="non-finite weights in decoder.layers.0.weight"):
+        load_model(tmp_path / "nan.safetensors")
+    assert isinstance(load_model(tmp_path / "good.safetensors"), SarNetVAE)
+
+
+@pytest.mark.parametrize("script, args, section, key, value, message", [
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "lr", "fast", "`conv_vae.lr` must be a number, got 'fast'"),
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "epochs", "2", "`conv_vae.epochs` must be an integer, got '2'"),
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "epochs", 1.5, "`conv_vae.epochs` must be an integer, got 1.5"),
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "train_limit", -500, "`conv_vae.train_limit` must be >= 1, got -500"),
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "train_limit", 0, "`conv_vae.train_limit` must be >= 1, got 0"),
+    ("train_model.py", ["conv_vae", "8"], "conv_vae", "digit", "5", "`conv_vae.digit` must be an integer or null, got '5'"),
+    ("train_model.py", ["conv_vae", "abc"], None, None, None, "latent size must be a positive integer, got 'abc'"),
+    ("evaluate.py", ["conv_vae", "8"], "evaluate", "sets_by_latent", "three", "`evaluate.sets_by_latent` must map"),
+    ("evaluate.py", ["conv_vae", "8"], "evaluate", "sets", 0, "`evaluate.sets` must be >= 1, got 0"),
+])
+def test_params_of_the_wrong_type_or_range_are_refused_before_any_work(script, args, section, key, value, message, tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if section is not None:
+        params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(ROOT / "pipeline" / script), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and message in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_names_from_params_reach_the_shell_quoted(tmp_path, stages):
+    # every name the committed params put on a command line is a plain word ...
+    for name, (cmd, _, _) in stages.items():
+        assert all(re.fullmatch(r"[a-z0-9_./]+", arg) for arg in shlex.split(cmd)), f"{name}: {cmd}"
+    # ... and a hostile one is passed as one argument, never run: dvc.yaml as DVC resolves it, run by a shell
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["prepare"]["datasets"] = ["fashion$(touch pwned)`touch pwned2`"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    Repo.init(str(tmp_path), no_scm=True)
+    with Repo(str(tmp_path)) as repo:
+        commands = {s.name: s.cmd for s in repo.index.stages}
+    cmd = commands.get("prepare@fashion$(touch pwned)`touch pwned2`")
+    assert cmd is not None, sorted(commands)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\n')
+    (shim / "python").chmod(0o755)
+    subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={"PATH": f"{shim}:/usr/bin:/bin"}, check=True, timeout=30)
+    assert (shim / "args").read_text().splitlines() == ["pipeline/prepare.py", "fashion$(touch pwned)`touch pwned2`"]
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
