@@ -4,13 +4,13 @@ from _stage import elapsed, params, stage
 
 from sarnet.calibration import calibrate, calibration_markdown
 from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.device import default_device
 from sarnet.fid import FidScorer
 from sarnet.files import write_json, write_text
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
 from sarnet.params import check_keys
 from sarnet.tracking import stage_run
-from sarnet.device import default_device
 
 CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "
                    "the thesis used TF-GAN's MNIST classifier, so absolute values differ and the ratio puts them on one scale.")

@@ -12,17 +12,17 @@ from _stage import elapsed, latent_arg, model_params, params, stage
 from tqdm import tqdm
 
 from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.device import default_device
+from sarnet.errors import ConfigError
 from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
 from sarnet.figures import save_grid
 from sarnet.files import write_json
 from sarnet.generators import load_generator
-from sarnet.names import generator_name, model_path
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
-from sarnet.errors import ConfigError
+from sarnet.names import generator_name, model_path
 from sarnet.params import check_int, check_keys
 from sarnet.tracking import stage_run
-from sarnet.device import default_device
 
 
 @stage

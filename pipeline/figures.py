@@ -10,6 +10,7 @@ import torch
 from _stage import elapsed, params, stage
 
 from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.device import default_device
 from sarnet.errors import ConfigError
 from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
 from sarnet.figures import save_grid, save_rgb_grid
@@ -18,7 +19,6 @@ from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
 from sarnet.params import check_keys
 from sarnet.tracking import stage_run
-from sarnet.device import default_device
 
 
 def _test_images(images: np.ndarray, index: list[int], what: str) -> torch.Tensor:
@@ -51,8 +51,7 @@ def main(figure_set: str) -> None:
     if figure_set not in sets:
         raise ConfigError(f"params.yaml: no figure set {figure_set!r} under `figures` (have: {', '.join(sets)})")
     p = sets[figure_set]
-    check_keys(f"figures.{figure_set}", p, FIGURE_KEYS | {"interpolate_pairs", "interpolate_labels"})
-    check_keys(f"figures.{figure_set}", {k: v for k, v in p.items() if k in FIGURE_KEYS}, FIGURE_KEYS, required=True)
+    check_keys(f"figures.{figure_set}", p, FIGURE_KEYS | {"interpolate_pairs", "interpolate_labels"}, required=FIGURE_KEYS)
     sampling = params("sampling")
     inpaint, threshold = sampling["inpaint"], sampling["sarnet_vae"]["threshold"]
     check_keys("sampling.inpaint", inpaint, INPAINT_KEYS, required=True)

@@ -12,8 +12,8 @@ from sarnet.tracking import stage_run
 @stage
 def main(dataset: str) -> None:
     p = params("prepare")
-    check_keys("prepare", p, ("datasets", "data_dir", "download_dir"))  # `datasets` is dvc.yaml's foreach list
-    check_keys("prepare", {k: v for k, v in p.items() if k != "datasets"}, ("data_dir", "download_dir"), required=True)
+    # `datasets` is dvc.yaml's foreach list, not read here
+    check_keys("prepare", p, ("datasets", "data_dir", "download_dir"), required=("data_dir", "download_dir"))
     out = f"data/prepared/{dataset}.npz"
     with stage_run(f"prepare@{dataset}", params=p, dataset=dataset) as tracker:
         summary = prepare_dataset(dataset, p["data_dir"], out, p["download_dir"])

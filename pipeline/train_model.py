@@ -10,9 +10,9 @@ from _stage import DATA_KEYS, elapsed, latent_arg, model_params, params, stage
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.figures import save_grid
 from sarnet.files import write_json
-from sarnet.names import generator_name, model_path
-from sarnet.params import check_data_keys
 from sarnet.models import build_model, generator_class
+from sarnet.names import generator_name, model_path
+from sarnet.params import check_data_keys, check_keys
 from sarnet.tracking import stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
@@ -24,7 +24,8 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
     p = model_params(kind, training_set)
     config = TrainConfig.from_params(p, kind, generator_class(kind).arch_keys + DATA_KEYS)
     check_data_keys(kind if training_set is None else f"{kind}_data.{training_set}", p)
-    sampling = params("sampling")[kind]
+    sampling = params("sampling").get(kind, {})
+    check_keys(f"sampling.{kind}", sampling, generator_class(kind).sampling_keys, required=True)  # not after training
     prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
     limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)

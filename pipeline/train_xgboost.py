@@ -12,6 +12,7 @@ from sarnet.data import load_prepared
 from sarnet.figures import save_grid
 from sarnet.files import write_json
 from sarnet.gen_xgboost import GenerativeXGBoost, GenXGBConfig, from_patches, to_patches
+from sarnet.params import check_keys
 from sarnet.tracking import stage_run
 
 MODEL_DIR = "models/gen_xgboost"
@@ -21,7 +22,8 @@ MODEL_DIR = "models/gen_xgboost"
 def main() -> None:
     p = params("gen_xgboost")
     config = GenXGBConfig.from_params(p, DATA_KEYS + ("keep_patches",))  # bad params fail here, before any training
-    sampling = params("sampling")["gen_xgboost"]
+    sampling = params("sampling").get("gen_xgboost", {})
+    check_keys("sampling.gen_xgboost", sampling, GenerativeXGBoost.sampling_keys, required=True)  # before training, not after
     data = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
     train = data.train.images[: p["train_limit"]].astype(np.float32) / 255.0
     test = data.test.images.astype(np.float32) / 255.0

@@ -107,3 +107,9 @@ def test_declared_inputs_reads_dvc_yaml_as_dvc_resolves_it(check_lock):
     paths, keys = declared["train_sarnet_vae_data@fashion"]  # a foreach stage, its templates filled in
     assert "pipeline/train_model.py" in paths and "data/prepared/fashion.npz" in paths
     assert "sarnet_vae_data.fashion" in keys and "calibrate" in declared
+
+
+def test_declared_inputs_are_named_by_stage_from_any_working_directory(check_lock, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DVC's own stage addresses would then be paths relative to here
+    declared = check_lock.declared_inputs(ROOT)
+    assert "calibrate" in declared and "prepare@mnist" in declared

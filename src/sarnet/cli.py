@@ -227,7 +227,7 @@ def _explain(args: argparse.Namespace) -> None:
     import numpy as np
 
     from sarnet.data import to_unit_tensor
-    from sarnet.explain import check_target_patch, importance_figure
+    from sarnet.explain import check_target_patch, importance_figure, stack_of
     from sarnet.figures import save_rgb_grid
     from sarnet.files import atomic_path
 
@@ -236,7 +236,7 @@ def _explain(args: argparse.Namespace) -> None:
     figure = _section(_read_params(args.params), args.params, "figures", args.figure_set)
     targets = args.targets if args.targets is not None else figure["targets"]
     k = args.k if args.k is not None else figure["k"]
-    n_patches = (model.decoder if model.kind == "sarnet_vae" else model.stack).n_patches
+    n_patches = stack_of(model).n_patches
     for target in targets:  # checked before the data is read, so a typo fails fast
         check_target_patch(target, n_patches)
     if k < 1:

@@ -23,7 +23,8 @@ _COLOUR_STOPS = np.array([[0.15, 0.35, 1.0], [1.0, 0.9, 0.1], [1.0, 0.05, 0.05]]
 _COLOUR_ALPHA = 0.7  # how much colour covers the grey pixels, so the image stays readable beneath
 
 
-def _stack_of(model: nn.Module) -> SemiDenseStack:
+def stack_of(model: nn.Module) -> SemiDenseStack:
+    """The SemiDense stack a SarNET VAE decodes with, or a simple SarNET is."""
     if isinstance(model, SarNetVAE):
         return model.decoder
     if isinstance(model, SarNet):
@@ -54,7 +55,7 @@ def patch_importance(model: SarNetVAE | SarNet, image: torch.Tensor | np.ndarray
     SarNET's stack); a classification SarNET sees its one-hot input channels, all of which
     belong to the same patch.
     """
-    stack = _stack_of(model)
+    stack = stack_of(model)
     layer = stack.layers[0]
     check_target_patch(int(target_patch), layer.n_patches)
     pixels = _as_pixels(image)
@@ -102,7 +103,7 @@ def importance_colours(scaled: np.ndarray) -> np.ndarray:
 
 def pixel_patch_map(model: SarNetVAE | SarNet) -> np.ndarray:
     """Patch index of every pixel of the model's input image, shape (28, 28)."""
-    index = _stack_of(model).layers[0].in_patch_index[:PIXELS]  # one channel is enough: patches repeat per channel
+    index = stack_of(model).layers[0].in_patch_index[:PIXELS]  # one channel is enough: patches repeat per channel
     return index.cpu().numpy().reshape(IMAGE_SIZE, IMAGE_SIZE)
 
 
@@ -163,7 +164,7 @@ def importance_figure(model: SarNetVAE | SarNet, image: torch.Tensor | np.ndarra
                       k: int) -> tuple[np.ndarray, np.ndarray]:
     """(importance (T, n_patches), overlays (T, 28, 28, 3)): one panel per target patch, its top-k
     input patches coloured by importance and the target white. Every target is checked first."""
-    n_patches = _stack_of(model).layers[0].n_patches
+    n_patches = stack_of(model).layers[0].n_patches
     for target in targets:
         check_target_patch(int(target), n_patches)
     if k < 1:

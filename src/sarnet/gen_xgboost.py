@@ -65,8 +65,7 @@ class GenXGBConfig:
     def from_params(cls, params: dict, other_keys: Iterable[str] = ()) -> "GenXGBConfig":
         """The config of a `gen_xgboost` section whose other keys are `other_keys`; unknown keys are refused."""
         known = set(cls.__dataclass_fields__)
-        check_keys("gen_xgboost", params, known | set(other_keys))
-        check_keys("gen_xgboost", {k: v for k, v in params.items() if k in known}, known, required=True)
+        check_keys("gen_xgboost", params, known | set(other_keys), required=known)
         return cls(**{k: v for k, v in params.items() if k in known})
 
     @property
@@ -126,6 +125,7 @@ class GenerativeXGBoost:
     """P-1 patch predictors and P refiners (P = 196 for 2×2 patches)."""
 
     kind = "gen_xgboost"
+    sampling_keys = ("batch_size",)  # its `sampling.gen_xgboost` section
 
     def __init__(self, config: GenXGBConfig, predictors: list | None = None, refiners: list | None = None) -> None:
         self.config = config
@@ -195,7 +195,7 @@ class GenerativeXGBoost:
     def generate(self, n: int, seed: int, settings: Mapping[str, Any]) -> np.ndarray:
         """n images (n, 28, 28) in [0, 1] from an all-black start, with the thesis's randomisation;
         `settings` is params.yaml's `sampling.gen_xgboost` (images per batch)."""
-        check_keys(f"sampling.{self.kind}", settings, ("batch_size",), required=True)
+        check_keys(f"sampling.{self.kind}", settings, self.sampling_keys, required=True)
         batch_size = settings["batch_size"]
         c = self.config
         rng = np.random.default_rng(seed)

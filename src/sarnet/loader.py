@@ -33,5 +33,5 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
         model = MODEL_CLASSES[info["kind"]](**info["args"])
     except (TypeError, ConfigError) as exc:
         raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
-    load_weights(model, path)
+    load_weights(model, path, info)
     return model.to(device or "cpu").eval()

@@ -72,13 +72,13 @@ def read_description(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, info: dict[str, Any] | None = None) -> nn.Module:
     """Load a model file's weights into an existing module of the same architecture."""
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable model file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    info = read_description(path)
+    info = info or read_description(path)  # the caller may have read the header already
     if info.get("sha256") != weights_digest(state):
         raise DataError(f"{path}: weights do not match the checksum recorded with them (a damaged file)")
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -9,9 +9,10 @@ from typing import Any
 from sarnet.errors import ConfigError
 
 
-def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str], required: bool = False) -> None:
-    """ConfigError naming the first unknown key of `section` and the nearest known one; with
-    `required`, also the first known key that is missing."""
+def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str],
+               required: bool | Iterable[str] = False) -> None:
+    """ConfigError naming the first unknown key of `section` and the nearest known one, and the first
+    missing required key (`required=True`: every known key; or the keys given)."""
     if not isinstance(given, Mapping):
         raise ConfigError(f"params.yaml: `{section}` must be a mapping of keys to values, got {type(given).__name__}")
     known = sorted(set(known))
@@ -22,7 +23,7 @@ def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str], req
         hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(known) or 'none'}"
         raise ConfigError(f"params.yaml: unknown key '{key}' in `{section}`{hint}")
     if required:
-        missing = [k for k in known if k not in given]
+        missing = [k for k in (known if required is True else sorted(required)) if k not in given]
         if missing:
             raise ConfigError(f"params.yaml: `{section}` has no '{missing[0]}'")
 
