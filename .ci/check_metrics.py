@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,8 +32,8 @@ for ds in DATASETS:
     path = f"metrics/prepare/{ds}.json"
     m = load_json(path)
     finite(path, "train_images", m.get("train_images"))
-    if sum(m.get("test_label_counts", [])) != m.get("test_images"):
-        problems.append(f"{path}: label counts do not add up to the test size")
+    if sum(load_json(f"metrics/prepare/{ds}_labels.json").get("test", [])) != m.get("test_images"):
+        problems.append(f"metrics/prepare/{ds}_labels.json: label counts do not add up to the test size")
     path = f"metrics/classifier/{ds}.json"
     m = load_json(path)
     finite(path, "test_accuracy", m.get("test_accuracy"))
@@ -62,8 +63,9 @@ models = list(epochs)
 for name in models:
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    for key in ("final_train_loss", "final_test_loss", "seconds_per_epoch"):
+    for key in ("final_train_loss", "final_test_loss"):
         finite(path, key, m.get(key))
+    finite(f"metrics/timing/train/{name}.json", "seconds_per_epoch", load_json(f"metrics/timing/train/{name}.json").get("seconds_per_epoch"))
     history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
     if len(history) != epochs[name]:
         problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {epochs[name]}")
@@ -72,8 +74,9 @@ for name in models:
 
 path = "metrics/gen_xgboost.json"
 m = load_json(path)
-for key in ("train_seconds", "generation_images_per_second", "reconstruction_mae"):
-    finite(path, key, m.get(key))
+finite(path, "reconstruction_mae", m.get("reconstruction_mae"))
+for key in ("train_seconds", "generation_images_per_second"):
+    finite("metrics/timing/gen_xgboost.json", key, load_json("metrics/timing/gen_xgboost.json").get(key))
 if m.get("models") != 391 and PARAMS["gen_xgboost"]["patch"] == 2:
     problems.append(f"{path}: {m.get('models')} models, expected 391 for 2×2 patches")
 
@@ -87,7 +90,7 @@ fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
     m = fid[name] = load_json(path)
-    fids = m.get("fids", [])
+    fids = json.loads(Path(f"metrics/fid/sets/{name}.json").read_text())
     if m.get("sets") != sets or len(fids) != sets:
         problems.append(f"{path}: {len(fids)} per-set FIDs (sets={m.get('sets')}), params say {sets}")
     for i, value in enumerate(fids):
@@ -142,12 +145,28 @@ if not any(stage.startswith("fid/") for stage in wall.get("stages", {})):
 
 # The figures stages: three PNGs and a JSON per figure set.
 for figure_set in PARAMS["figures"]:
-    m = load_json(f"metrics/figures/{figure_set}.json")
-    finite(f"metrics/figures/{figure_set}.json", "seconds", m.get("seconds"))
+    finite(f"metrics/timing/figures/{figure_set}.json", "seconds",
+           load_json(f"metrics/timing/figures/{figure_set}.json").get("seconds"))
     for part in ("inpainting", "importance", "interpolation"):
         png = Path(f"metrics/figures/{figure_set}_{part}.png")
         if not (png.exists() and png.read_bytes().startswith(b"\x89PNG")):
             problems.append(f"{png}: missing or not a PNG")
+
+# Every metrics file dvc.yaml declares holds finite numbers only (no names, no timings), so that
+# `dvc metrics diff` and `dvc exp show` compare results; timings live in metrics/timing/.
+def numbers_only(path: str, value, where: str = "") -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            numbers_only(path, item, f"{where}.{key}" if where else key)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.append(f"{path}: {where or 'top level'} = {value!r} is not a number")
+    elif where.split(".")[-1].startswith("seconds") or "per_second" in where:
+        problems.append(f"{path}: {where} is a timing; it belongs in metrics/timing/")
+
+
+declared = subprocess.run(["dvc", "metrics", "show", "--json"], capture_output=True, text=True, check=True)
+for path in sorted(p for data in json.loads(declared.stdout).values() for p in data.get("data", {})):
+    numbers_only(path, load_json(path))
 
 if problems:
     print("metrics check failed:\n  " + "\n  ".join(problems))

@@ -1,23 +1,43 @@
-"""Deep-merge a profile (e.g. params-ci.yaml) over params.yaml, in place."""
+"""Overlay a profile (e.g. params-ci.yaml) onto params.yaml in place, keeping its comments and layout.
+
+Only the profile's keys change (a deep merge); a profile key params.yaml does not have is refused,
+so a typo cannot add a setting nothing reads.
+"""
 
 import sys
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
+def merge(base, override, where: str = "") -> None:
+    """Write `override`'s values into `base` (ruamel's commented maps), recursing into sections."""
     for key, value in override.items():
+        name = f"{where}{key}"
         if key not in base:
-            sys.exit(f"error: profile key {key!r} is not in params.yaml (typo?)")
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base[key], dict) else value
-    return out
+            sys.exit(f"error: profile key {name!r} is not in params.yaml (typo?)")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            merge(base[key], value, f"{name}.")
+        elif isinstance(value, list) and isinstance(base[key], CommentedSeq):
+            seq = CommentedSeq(value)  # a list keeps the style it had: `[128, 8]` stays on one line
+            if base[key].fa.flow_style():
+                seq.fa.set_flow_style()
+            base[key] = seq
+        else:
+            base[key] = value
 
 
 if __name__ == "__main__":
     profile = Path(sys.argv[1])
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    merged = merge(params, yaml.safe_load(profile.read_text()) or {})
-    Path("params.yaml").write_text(f"# params.yaml with {profile} applied\n" + yaml.safe_dump(merged, sort_keys=False))
+    yaml = YAML()  # round-trip mode: comments, key order and quoting survive
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap a long line
+    yaml.representer.add_representer(  # `null`, as written, not an empty value
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    params_path = Path("params.yaml")
+    params = yaml.load(params_path)
+    merge(params, YAML(typ="safe").load(profile) or {})
+    with params_path.open("w") as fh:
+        yaml.dump(params, fh)
     print(f"applied {profile} to params.yaml")

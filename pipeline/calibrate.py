@@ -1,12 +1,12 @@
 """Stage `calibrate`: the thesis's FID calibration table with our classifier (metrics/calibration.*)."""
 
-from _stage import elapsed, params, stage
+from _stage import params, run_name, stage, write_results
 
 from sarnet.calibration import calibrate, calibration_markdown
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.device import default_device
 from sarnet.fid import FidScorer
-from sarnet.files import write_json, write_text
+from sarnet.files import write_text
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
 from sarnet.params import check_keys
@@ -26,12 +26,13 @@ def main() -> None:
     classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
     scorer = FidScorer(classifier, device=device)
 
-    with stage_run("calibrate", params=p, dataset=dataset) as tracker:
+    with stage_run(run_name("calibrate"), params=p, dataset=dataset) as tracker:
         results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"], progress=print)
         numbers = {key: {k: v for k, v in row.items() if k != "label"} for key, row in results.items()}
-        write_json("metrics/calibration.json", {"n_images": n, "seconds": elapsed(), "rows": numbers})
+        timing = write_results("calibration", {"rows": numbers})
         write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
-        tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()})
+        tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()}
+                            | timing)
         tracker.log_artifact("metrics/calibration.md")
         tracker.log_artifact("metrics/calibration.json")
 

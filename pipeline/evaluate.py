@@ -5,10 +5,12 @@ A model trained on another training set is scored against that set's test images
 dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
 are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
 the real images (the model section's dataset and digit).
-Writes metrics/fid/<name>.json (per-set FIDs, mean, std, timings) and a sample grid; no image set is kept.
+Writes metrics/fid/<name>.json (mean, std, set counts), metrics/fid/sets/<name>.json (the per-set FIDs),
+its timings and a sample grid; no image set is kept. The FID is also logged onto the MLflow run that
+trained the model, beside its hyperparameters.
 """
 
-from _stage import elapsed, latent_arg, model_params, params, stage
+from _stage import latent_arg, model_params, params, run_name, stage, write_results
 from tqdm import tqdm
 
 from sarnet.data import load_prepared, to_unit_tensor
@@ -22,7 +24,14 @@ from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
 from sarnet.names import generator_name, model_path
 from sarnet.params import check_int, check_keys
-from sarnet.tracking import stage_run
+from sarnet.tracking import log_on_training_run, stage_run
+
+
+def dvc_stage(kind: str, latent: int | None, data: str | None) -> str:
+    """This run's stage name in dvc.yaml (the MLflow run name outside DVC too)."""
+    if data is not None:
+        return f"evaluate_{kind}_data@{data}"
+    return f"evaluate@{kind}" if latent is None else f"evaluate_vae@{kind}-{latent}"
 
 
 @stage
@@ -45,10 +54,11 @@ def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> N
     real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
     device = default_device()
     classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
-    _, generate = load_generator(model_path(kind, latent, data=data), params("sampling"), device=device)
+    generator_path = model_path(kind, latent, data=data)
+    _, generate = load_generator(generator_path, params("sampling"), device=device)
     grid_path = f"metrics/fid/samples/{name}.png"
 
-    with stage_run(f"evaluate_{name}", params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
+    with stage_run(run_name(dvc_stage(kind, latent, data)), params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
                    tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid",
                          "training_set": data or "default"}) as tracker:
         bar = tqdm(total=protocol.sets, desc=f"FID {name}", unit="set")
@@ -61,19 +71,15 @@ def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> N
         result = fid_over_sets(generate, FidScorer(classifier, device=device), real_pool, protocol, on_set)
         bar.close()
         save_grid(result.preview, grid_path)
-        record = {
-            "name": name, "kind": kind, "latent_dim": latent, "data": data, "dataset": dataset, "digit": digit,
-            "sets": protocol.sets, "n_images": protocol.n_images, "real_pool": len(real_pool),
-            "mean": round(result.mean, 6), "std": round(result.std, 6),
-            "fids": [round(f, 6) for f in result.fids],
-            "generation_images_per_second": round(protocol.sets * protocol.n_images / result.generation_seconds, 1),
-            "seconds": elapsed(),
-        }
-        write_json(f"metrics/fid/{name}.json", record)
-        tracker.log_metrics({"fid_mean": result.mean, "fid_std": result.std, "seconds": record["seconds"],
-                             "generation_images_per_second": record["generation_images_per_second"]})
+        record = {"mean": round(result.mean, 6), "std": round(result.std, 6), "sets": protocol.sets,
+                  "n_images": protocol.n_images, "real_pool": len(real_pool)}
+        write_json(f"metrics/fid/sets/{name}.json", [round(f, 6) for f in result.fids])
+        timing = write_results(f"fid/{name}", record, {
+            "generation_images_per_second": round(protocol.sets * protocol.n_images / result.generation_seconds, 1)})
+        fid = {"fid_mean": result.mean, "fid_std": result.std}
+        tracker.log_metrics(fid | timing)
         tracker.log_artifact(grid_path, "samples")
-        tracker.log_artifact(f"metrics/fid/{name}.json")
+        log_on_training_run(generator_path, fid)  # one run per model: its hyperparameters and its FID
         print(f"{name}: FID {result.mean:.3f} ± {result.std:.3f} over {protocol.sets} sets of {protocol.n_images}")
 
 

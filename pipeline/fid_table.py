@@ -1,11 +1,12 @@
 """Stage `fid_table`: every evaluation gathered into Table 4.1's layout (Markdown), the per-set CSV,
-FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, and stage wall times."""
+FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, and the wall times of the
+stages behind the table (metrics/wall_time.json, from metrics/timing/)."""
 
 import json
 import sys
 from pathlib import Path
 
-from _stage import params, stage
+from _stage import TIMING_DIR, params, run_name, stage
 
 from sarnet.files import write_json, write_text
 from sarnet.names import generator_name
@@ -25,14 +26,12 @@ def _evaluated() -> list[tuple[str, int | None, str | None]]:
 
 
 def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
-    """Recorded wall time of the stages behind this table (metrics/**/*.json with a `seconds` key).
+    """Recorded wall time of the stages behind this table (metrics/timing/**/*.json, key `seconds`).
     A generator's training and evaluation count only when its evaluation is in the table, so the
     total of a partial run does not include models it never scored (or an older run's files)."""
     seconds = {}
-    for path in sorted(OUT.rglob("*.json")):
-        if path.name in ("fid.json", "wall_time.json"):
-            continue
-        key = str(path.relative_to(OUT).with_suffix(""))
+    for path in sorted(TIMING_DIR.rglob("*.json")):
+        key = str(path.relative_to(TIMING_DIR).with_suffix(""))
         generator = key.split("/", 1)[1] if key.startswith(("train/", "fid/")) else key if key == "gen_xgboost" else None
         if generator is not None and generator not in evaluated:
             continue
@@ -48,9 +47,16 @@ def main() -> None:
     check_keys("fid_table", p, ("thesis", "calibration_row"), required=True)
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
-    paths = [OUT / "fid" / f"{generator_name(k, L, d)}.json" for k, L, d in _evaluated()]
-    rows = [FidRow.from_json(json.loads(path.read_text())) for path in paths if path.exists()]
-    missing = [path.stem for path in paths if not path.exists()]
+    rows, missing = [], []
+    for kind, latent, data in _evaluated():
+        name = generator_name(kind, latent, data)
+        record, sets = OUT / "fid" / f"{name}.json", OUT / "fid" / "sets" / f"{name}.json"
+        if not (record.exists() and sets.exists()):
+            missing.append(name)
+            continue
+        dataset = params("sarnet_vae_data")[data]["dataset"] if data is not None else "mnist"
+        rows.append(FidRow.from_files(name, kind, latent, json.loads(record.read_text()),
+                                      json.loads(sets.read_text()), data, dataset))
     if missing:  # a partial run still gets its table; the gaps read "not run"
         print(f"warning: not evaluated: {', '.join(missing)}", file=sys.stderr)
     calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
@@ -66,7 +72,7 @@ def main() -> None:
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
                                         "total_hours": round(sum(seconds.values()) / 3600, 3)})
 
-    with stage_run("fid_table", params=p) as tracker:
+    with stage_run(run_name("fid_table"), params=p) as tracker:
         tracker.log_metrics({f"fid_mean.{r.name}": r.mean for r in rows} | {f"fid_std.{r.name}": r.std for r in rows})
         for name in ("fid_table.md", "fid_sets.csv", "fid_vs_latent.png", "wall_time.json"):
             tracker.log_artifact(OUT / name)

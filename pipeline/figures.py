@@ -7,7 +7,7 @@ Writes metrics/figures/<set>_{inpainting,importance,interpolation}.png and logs 
 
 import numpy as np
 import torch
-from _stage import elapsed, params, stage
+from _stage import params, run_name, stage, write_timing
 
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.device import default_device
@@ -60,7 +60,7 @@ def main(figure_set: str) -> None:
     test = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p.get("digit")).test
     out = {name: f"metrics/figures/{figure_set}_{name}.png" for name in ("inpainting", "importance", "interpolation")}
 
-    with stage_run(f"figures_{figure_set}", params=p | {"sampling": {"inpaint": inpaint, "threshold": threshold}},
+    with stage_run(run_name(f"figures@{figure_set}"), params=p | {"sampling": {"inpaint": inpaint, "threshold": threshold}},
                    dataset=p["dataset"], tags={"model": "sarnet_vae", "latent_dim": latent}) as tracker:
         # (a) each row: a test image, its kept top part, then completions in n_styles styles
         rows = inpainting_rows(model, _test_images(test.images, p["inpaint_index"], "inpaint"),
@@ -80,7 +80,8 @@ def main(figure_set: str) -> None:
 
         labels = {"interpolate_pairs": index_pairs,
                   "interpolate_labels": [[int(test.labels[i]) for i in pair] for pair in index_pairs]}
-        write_json(f"metrics/figures/{figure_set}.json", labels | {"seconds": elapsed()})
+        write_json(f"metrics/figures/{figure_set}.json", labels)  # which images the figures show, not a metric
+        write_timing(f"figures/{figure_set}")
         for path in out.values():
             tracker.log_artifact(path, "figures")
         print(f"figures@{figure_set}: " + ", ".join(out.values()))

@@ -1,7 +1,7 @@
 """Stage `prepare@<dataset>`: verified IDX files -> data/prepared/<dataset>.npz (uint8 arrays)."""
 
 import numpy as np
-from _stage import elapsed, params, stage
+from _stage import params, run_name, stage, write_results
 
 from sarnet.data import load_prepared, prepare_dataset
 from sarnet.files import write_json
@@ -15,20 +15,17 @@ def main(dataset: str) -> None:
     # `datasets` is dvc.yaml's foreach list, not read here
     check_keys("prepare", p, ("datasets", "data_dir", "download_dir"), required=("data_dir", "download_dir"))
     out = f"data/prepared/{dataset}.npz"
-    with stage_run(f"prepare@{dataset}", params=p, dataset=dataset) as tracker:
+    with stage_run(run_name(f"prepare@{dataset}"), params=p, dataset=dataset) as tracker:
         summary = prepare_dataset(dataset, p["data_dir"], out, p["download_dir"])
         data = load_prepared(out)
-        metrics = {
-            "train_images": summary["train"],
-            "test_images": summary["test"],
-            "train_label_counts": np.bincount(data.train.labels, minlength=10).tolist(),
-            "test_label_counts": np.bincount(data.test.labels, minlength=10).tolist(),
-            "seconds": elapsed(),
-        }
-        write_json(f"metrics/prepare/{dataset}.json", metrics)
+        metrics = {"train_images": summary["train"], "test_images": summary["test"]}
+        timing = write_results(f"prepare/{dataset}", metrics)
+        labels = {"train": np.bincount(data.train.labels, minlength=10).tolist(),
+                  "test": np.bincount(data.test.labels, minlength=10).tolist()}
+        write_json(f"metrics/prepare/{dataset}_labels.json", labels)  # images per class, not a metric
         tracker.set_tags({"data.source": summary["source"]})
-        tracker.log_metrics({"train_images": summary["train"], "test_images": summary["test"], "seconds": metrics["seconds"]})
-        tracker.log_artifact(f"metrics/prepare/{dataset}.json")
+        tracker.log_metrics(metrics | timing)
+        tracker.log_artifact(f"metrics/prepare/{dataset}_labels.json")
         print(f"{dataset}: {summary['train']} train / {summary['test']} test images from {summary['source']}")
 
 

@@ -1,13 +1,12 @@
 """Stage `train_classifier@<dataset>`: the FID feature extractor, trained deterministically."""
 
 import torch
-from _stage import elapsed, params, stage
+from _stage import params, run_name, stage, write_results
 
 from sarnet.classifier import ARCH_KEYS, accuracy, build_classifier, classification_loss
 from sarnet.data import load_prepared, to_unit_tensor
-from sarnet.files import write_json
 from sarnet.model_files import SUFFIX
-from sarnet.tracking import stage_run
+from sarnet.tracking import model_reference, stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
 
@@ -21,7 +20,7 @@ def main(dataset: str) -> None:
     test = (to_unit_tensor(data.test.images), torch.from_numpy(data.test.labels))
     model_path = f"models/classifier/{dataset}{SUFFIX}"
 
-    with stage_run(f"train_classifier@{dataset}", params=p, dataset=dataset) as tracker:
+    with stage_run(run_name(f"train_classifier@{dataset}"), params=p, dataset=dataset) as tracker:
         seed_everything(config.seed)
         model = build_classifier(p)
         history = fit(model, classification_loss(p["max_shift"][dataset]), train, config,
@@ -31,20 +30,16 @@ def main(dataset: str) -> None:
         target = p["target_accuracy"][dataset]
         metrics = {
             "test_accuracy": round(test_accuracy, 5),
-            "target_accuracy": target,
-            "meets_target": test_accuracy >= target,
             "final_train_loss": round(history[-1].train_loss, 6),
             "final_test_loss": round(history[-1].test_loss, 6),
-            "epochs": config.epochs,
             "train_images": len(train[0]),
-            "seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 2),
-            "seconds": elapsed(),
         }
-        write_json(f"metrics/classifier/{dataset}.json", metrics)
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracker.log_artifact(model_path, "model")
+        timing = write_results(f"classifier/{dataset}", metrics,
+                               {"seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 2)})
+        tracker.log_metrics(metrics | timing)
+        tracker.set_tags(model_reference(model_path))
         tracker.log_artifact(f"metrics/classifier/{dataset}_history.csv")
-        status = "meets" if metrics["meets_target"] else "BELOW"
+        status = "meets" if test_accuracy >= target else "BELOW"
         print(f"{dataset}: test accuracy {test_accuracy:.4%} ({status} the {target:.1%} target)")
 
 

@@ -5,16 +5,22 @@ Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [
 """
 
 import torch
-from _stage import DATA_KEYS, elapsed, latent_arg, model_params, params, stage
+from _stage import DATA_KEYS, latent_arg, model_params, params, run_name, stage, write_results
 
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.figures import save_grid
-from sarnet.files import write_json
 from sarnet.models import build_model, generator_class
 from sarnet.names import generator_name, model_path
 from sarnet.params import check_data_keys, check_keys
-from sarnet.tracking import stage_run
+from sarnet.tracking import model_reference, stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
+
+
+def dvc_stage(kind: str, latent: int | None, training_set: str | None) -> str:
+    """This run's stage name in dvc.yaml (the MLflow run name outside DVC too)."""
+    if training_set is not None:
+        return f"train_{kind}_data@{training_set}"
+    return f"train_{kind}" if latent is None else f"train_{kind}@{latent}"
 
 
 @stage
@@ -33,8 +39,9 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
     out_path = model_path(kind, latent, data=training_set)
     grid_path = f"metrics/samples/{name}.png"
 
-    with stage_run(f"train_{name}", params=p | {"latent_dim": latent}, dataset=p["dataset"],
-                   tags={"model": kind, "training_set": training_set or "default"}) as tracker:
+    with stage_run(run_name(dvc_stage(kind, latent, training_set)), params=p | {"latent_dim": latent},
+                   dataset=p["dataset"], tags={"model": kind, "model.name": name,
+                                               "training_set": training_set or "default"}) as tracker:
         seed_everything(config.seed)
         model = build_model(kind, p, latent)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,
@@ -48,14 +55,12 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
             "final_test_loss": round(history[-1].test_loss, 4),
             "best_test_loss": round(best.test_loss, 4),
             "best_test_epoch": best.epoch,
-            "epochs": config.epochs,
             "train_images": len(train[0]),
-            "seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 3),
-            "seconds": elapsed(),
         }
-        write_json(f"metrics/train/{name}.json", metrics)
-        tracker.log_metrics({k: float(v) for k, v in metrics.items() if k != "epochs"})
-        tracker.log_artifact(out_path, "model")
+        timing = write_results(f"train/{name}", metrics,
+                               {"seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 3)})
+        tracker.log_metrics(metrics | timing)
+        tracker.set_tags(model_reference(out_path))  # the weights stay in DVC's cache; MLflow keeps their address
         tracker.log_artifact(grid_path, "samples")
         tracker.log_artifact(f"metrics/train/{name}_history.csv")
         print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "

@@ -5,15 +5,14 @@ import time
 
 import numpy as np
 import torch
-from _stage import DATA_KEYS, elapsed, params, stage
+from _stage import DATA_KEYS, params, run_name, stage, write_results
 from tqdm import tqdm
 
 from sarnet.data import load_prepared
 from sarnet.figures import save_grid
-from sarnet.files import write_json
 from sarnet.gen_xgboost import GenerativeXGBoost, GenXGBConfig, from_patches, to_patches
 from sarnet.params import check_keys
-from sarnet.tracking import stage_run
+from sarnet.tracking import model_reference, stage_run
 
 MODEL_DIR = "models/gen_xgboost"
 
@@ -28,7 +27,7 @@ def main() -> None:
     train = data.train.images[: p["train_limit"]].astype(np.float32) / 255.0
     test = data.test.images.astype(np.float32) / 255.0
 
-    with stage_run("train_xgboost", params=p, dataset=p["dataset"], tags={"model": "gen_xgboost"}) as tracker:
+    with stage_run(run_name("train_xgboost"), params=p, dataset=p["dataset"], tags={"model": "gen_xgboost"}) as tracker:
         model = GenerativeXGBoost(config)
         bar = tqdm(total=2 * config.n_patches - 1, desc="xgboost models", mininterval=5)
         timings = model.fit(train, progress=lambda done, total: bar.update(1))
@@ -49,23 +48,23 @@ def main() -> None:
         save_grid(torch.from_numpy(rows), "metrics/samples/gen_xgboost_reconstruction.png", nrow=3)
 
         metrics = {
+            "models": len(model.predictors) + len(model.refiners),
+            "reconstruction_mae": round(float(np.abs(rebuilt - originals).mean()), 5),
+            "train_images": len(train),
+        }
+        timing = write_results("gen_xgboost", metrics, {
             "predictor_seconds": round(timings["predictor_seconds"], 1),
             "refiner_seconds": round(timings["refiner_seconds"], 1),
             "train_seconds": round(timings["predictor_seconds"] + timings["refiner_seconds"], 1),
-            "models": len(model.predictors) + len(model.refiners),
             "generation_images_per_second": round(10_000 / generation_seconds, 1),
             "generation_seconds_per_10k": round(generation_seconds, 2),
-            "reconstruction_mae": round(float(np.abs(rebuilt - originals).mean()), 5),
-            "train_images": len(train),
-            "seconds": elapsed(),
-        }
-        write_json("metrics/gen_xgboost.json", metrics)
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        })
+        tracker.log_metrics(metrics | timing)
+        tracker.set_tags(model_reference(MODEL_DIR))
         tracker.log_artifact("metrics/samples/gen_xgboost.png", "samples")
         tracker.log_artifact("metrics/samples/gen_xgboost_reconstruction.png", "samples")
-        tracker.log_artifact(MODEL_DIR, "model")
-        print(f"trained {metrics['models']} models in {metrics['train_seconds']}s; "
-              f"{metrics['generation_images_per_second']:.0f} images/s")
+        print(f"trained {metrics['models']} models in {timing['train_seconds']}s; "
+              f"{timing['generation_images_per_second']:.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -49,12 +49,38 @@ def test_ci_profile_overrides_only_its_keys(tmp_path):
     assert set(merged) == set(full)
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def test_ci_profile_keeps_comments_and_touches_only_overridden_lines(tmp_path):
+    """`make ci-profile` must not rewrite params.yaml: every comment stays, and exactly one line
+    changes per overridden value (flow-style entries such as `sarnet_vae_data.fashion` hold several)."""
+    original = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), str(ROOT / "params-ci.yaml")],
+                   cwd=tmp_path, check=True, capture_output=True)
+    after = (tmp_path / "params.yaml").read_text()
+    before_lines, after_lines = original.splitlines(), after.splitlines()
+    assert len(before_lines) == len(after_lines)
+    changed = [(a, b) for a, b in zip(before_lines, after_lines) if a != b]
+    comments = lambda lines: [line.split("#", 1)[1] for line in lines if "#" in line]  # noqa: E731
+    assert comments(before_lines) == comments(after_lines)
+    full, profile = yaml.safe_load(original), yaml.safe_load((ROOT / "params-ci.yaml").read_text())
+    differing = {k for k, v in _leaves(profile).items() if _leaves(full)[k] != v}
+    assert 0 < len(changed) <= len(differing)
+    assert _leaves(yaml.safe_load(after)) == _leaves(full) | _leaves(profile)
+
+
 def test_profile_with_unknown_key_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text("a: {b: 1}\n")
     (tmp_path / "bad.yaml").write_text("a: {c: 2}\n")
     result = subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), "bad.yaml"], cwd=tmp_path,
                             capture_output=True, text=True)
-    assert result.returncode != 0 and "'c' is not in params.yaml" in result.stderr
+    assert result.returncode != 0 and "'a.c' is not in params.yaml" in result.stderr
     assert (tmp_path / "params.yaml").read_text() == "a: {b: 1}\n"
 
 
@@ -146,13 +172,15 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
 
     (tmp_path / "metrics" / "fid").mkdir(parents=True)
     shutil.copy(ROOT / "metrics" / "calibration.json", tmp_path / "metrics" / "calibration.json")
-    fids = [4.0, 5.0, 6.0]
-    record = {"name": "sarnet_vae_L128", "kind": "sarnet_vae", "latent_dim": 128, "data": None, "dataset": "mnist",
-              "sets": 3, "fids": fids, "mean": 5.0, "std": 1.0, "seconds": 12.5}
+    (tmp_path / "metrics" / "fid" / "sets").mkdir()
+    record = {"sets": 3, "mean": 5.0, "std": 1.0, "n_images": 10000, "real_pool": 892}
     (tmp_path / "metrics" / "fid" / "sarnet_vae_L128.json").write_text(json.dumps(record))
-    (tmp_path / "metrics" / "train").mkdir()
-    (tmp_path / "metrics" / "train" / "sarnet_vae_L128.json").write_text(json.dumps({"seconds": 600.0}))
-    (tmp_path / "metrics" / "train" / "sarnet_vae_L64.json").write_text(json.dumps({"seconds": 700.0}))  # never scored
+    (tmp_path / "metrics" / "fid" / "sets" / "sarnet_vae_L128.json").write_text(json.dumps([4.0, 5.0, 6.0]))
+    timing = tmp_path / "metrics" / "timing"
+    for folder, name, seconds in (("fid", "sarnet_vae_L128", 12.5), ("train", "sarnet_vae_L128", 600.0),
+                                  ("train", "sarnet_vae_L64", 700.0)):  # L64: trained, never scored
+        (timing / folder).mkdir(parents=True, exist_ok=True)
+        (timing / folder / f"{name}.json").write_text(json.dumps({"seconds": seconds}))
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     result = run_stage(tmp_path, "fid_table.py", params=full)
     assert result.returncode == 0, result.stderr
@@ -166,3 +194,62 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     assert wall["stages"]["fid/sarnet_vae_L128"] == 12.5 and wall["stages"]["train/sarnet_vae_L128"] == 600.0
     assert "train/sarnet_vae_L64" not in wall["stages"]
     assert wall["total_seconds"] == round(sum(wall["stages"].values()), 1)
+
+
+def _stage_module():
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        import _stage
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+    return _stage
+
+
+def test_results_are_numbers_only_and_timings_go_to_their_own_file(tmp_path, monkeypatch):
+    """`dvc metrics diff` must compare results: no names, no timings in a metrics file."""
+    import json
+
+    _stage = _stage_module()
+    monkeypatch.chdir(tmp_path)
+    timing = _stage.write_results("train/m", {"loss": 1.5, "epoch": 3, "rows": {"a": {"fid": 2.0}}}, {"seconds_per_epoch": 0.5})
+    assert json.loads((tmp_path / "metrics" / "train" / "m.json").read_text()) == {"loss": 1.5, "epoch": 3,
+                                                                                   "rows": {"a": {"fid": 2.0}}}
+    written = json.loads((tmp_path / "metrics" / "timing" / "train" / "m.json").read_text())
+    assert written == timing and written["seconds_per_epoch"] == 0.5 and written["seconds"] >= 0
+    for bad in ({"name": "sarnet_vae_L8"}, {"ok": True}, {"fids": [1.0, 2.0]}, {"rows": {"a": {"label": "x"}}},
+                {"mean": float("nan")}):
+        with pytest.raises(TypeError, match="finite numbers only"):
+            _stage.write_results("train/bad", bad)
+    assert not (tmp_path / "metrics" / "train" / "bad.json").exists()
+
+
+def test_run_name_is_the_dvc_stage(monkeypatch):
+    _stage = _stage_module()
+    monkeypatch.setenv("DVC_STAGE", "evaluate_vae@sarnet_vae-128")
+    assert _stage.run_name("whatever") == "evaluate_vae@sarnet_vae-128"
+    monkeypatch.delenv("DVC_STAGE")
+    assert _stage.run_name("evaluate_vae@sarnet_vae-128") == "evaluate_vae@sarnet_vae-128"
+
+
+def test_scripts_spell_their_dvc_stage_names_like_dvc():
+    """Outside DVC a run is named by the script; those names must be dvc.yaml's stage names."""
+    from dvc.repo import Repo
+
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        import evaluate
+        import train_model
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    spelled = {train_model.dvc_stage("sarnet", None, None), evaluate.dvc_stage("sarnet", None, None),
+               evaluate.dvc_stage("gen_xgboost", None, None)}
+    for L in params["latent_dims"]:
+        spelled |= {train_model.dvc_stage(k, L, None) for k in ("sarnet_vae", "conv_vae")}
+        spelled |= {evaluate.dvc_stage(k, L, None) for k in ("sarnet_vae", "conv_vae")}
+    for key, v in params["sarnet_vae_data"].items():
+        spelled |= {train_model.dvc_stage("sarnet_vae", v["latent_dim"], key),
+                    evaluate.dvc_stage("sarnet_vae", v["latent_dim"], key)}
+    with Repo(str(ROOT)) as repo:
+        names = {stage.name for stage in repo.index.stages}
+    assert spelled <= names, spelled - names

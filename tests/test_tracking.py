@@ -141,3 +141,130 @@ def test_terminated_stage_closes_its_run_as_killed(isolated_store):
     assert child.wait(timeout=60) != 0
     assert time.monotonic() - started < 30  # it stopped at the signal, not after its sleep
     assert MlflowClient(tracking_uri()).get_run(run_id).info.status == "KILLED"
+
+
+# ---------------------------------------------------------------- MLflow that speaks DVC (issue 16)
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri())
+
+
+def test_experiment_opens_on_the_runs_table(isolated_store):
+    """MLflow 3's UI shows an experiment of unknown kind as a GenAI overview; ours is tagged as model development."""
+    from sarnet.tracking import init_store
+
+    experiment_id = init_store()
+    experiment = _client().get_experiment(experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_store_made_before_the_kind_tag_gets_it(isolated_store):
+    from sarnet.tracking import init_store
+
+    experiment_id = _client().create_experiment("sarnet")  # an older store: no kind tag
+    assert init_store() == experiment_id
+    assert _client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dvc_exp_run_stages_share_one_parent_named_after_the_experiment(isolated_store, monkeypatch):
+    monkeypatch.delenv("SARNET_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "wiry-lamb")
+    ids = []
+    for stage in ("prepare@mnist", "train_sarnet_vae@8"):
+        with stage_run(stage) as tracker:
+            ids.append(tracker.run_id)
+    client = _client()
+    runs = [client.get_run(i) for i in ids]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "wiry-lamb" and parent.info.status == "FINISHED"
+    assert all(r.data.tags["dvc.exp_name"] == "wiry-lamb" for r in runs)
+    assert [r.info.run_name for r in runs] == ["prepare@mnist", "train_sarnet_vae@8"]
+
+    monkeypatch.setenv("DVC_EXP_NAME", "other-exp")  # another experiment: another parent
+    with stage_run("prepare@mnist") as tracker:
+        pass
+    assert client.get_run(tracker.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id
+
+
+def test_a_failing_exp_stage_leaves_the_experiment_parent_failed(isolated_store, monkeypatch):
+    monkeypatch.delenv("SARNET_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "bad-exp")
+    with stage_run("prepare@mnist") as tracker:
+        pass
+    with pytest.raises(RuntimeError):
+        with stage_run("train_sarnet_vae@8"):
+            raise RuntimeError("boom")
+    parent = _client().get_run(_client().get_run(tracker.run_id).data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+
+
+def test_a_stage_failing_before_its_run_marks_the_experiment_failed(isolated_store, monkeypatch):
+    """Bad params fail a stage before stage_run starts; the experiment's parent must still read FAILED."""
+    from sarnet.tracking import end_experiment_parent
+
+    monkeypatch.delenv("SARNET_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "early-fail")
+    with stage_run("prepare@mnist"):
+        pass
+    end_experiment_parent("FAILED")
+    client = _client()
+    parents = client.search_runs([client.get_experiment_by_name("sarnet").experiment_id],
+                                 filter_string="tags.`sarnet.pipeline` = 'true'")
+    assert [(p.info.run_name, p.info.status) for p in parents] == [("early-fail", "FAILED")]
+
+
+def test_sarnet_repro_parent_is_not_touched_by_exp_parent_logic(isolated_store, monkeypatch):
+    """Under `sarnet repro` (SARNET_PARENT_RUN_ID set) a stage nests under that run, even with DVC_EXP_NAME."""
+    from sarnet.tracking import pipeline_run
+
+    monkeypatch.setenv("DVC_EXP_NAME", "ignored")
+    with pipeline_run("dvc repro now") as parent:
+        with stage_run("prepare@mnist") as tracker:
+            pass
+    assert _client().get_run(tracker.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_model_reference_is_dvcs_md5_and_no_copy(isolated_store, tmp_path):
+    import hashlib
+
+    from sarnet.tracking import model_reference
+
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"weights" * 1000)
+    assert model_reference(weights) == {"model.path": weights.as_posix(),
+                                        "model.md5": hashlib.md5(b"weights" * 1000).hexdigest()}
+    folder = tmp_path / "xgb"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.ubj").write_bytes(b"a")
+    (folder / "sub" / "b.ubj").write_bytes(b"b")
+    listing = f"a.ubj {hashlib.md5(b'a').hexdigest()}\nsub/b.ubj {hashlib.md5(b'b').hexdigest()}\n"
+    assert model_reference(folder)["model.md5"] == hashlib.md5(listing.encode()).hexdigest()
+    assert model_reference(tmp_path / "missing") == {"model.path": (tmp_path / "missing").as_posix()}
+
+
+def test_evaluation_logs_fid_onto_the_run_that_trained_the_model(isolated_store, tmp_path, capsys):
+    from sarnet.tracking import log_on_training_run, model_reference
+
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"trained")
+    with stage_run("train_sarnet_vae@8", params={"epochs": 200, "latent_dim": 8}) as old:
+        old.set_tags(model_reference(weights))
+    with stage_run("train_sarnet_vae@8", params={"epochs": 200, "latent_dim": 8}) as newest:
+        newest.set_tags(model_reference(weights))
+    with stage_run("train_sarnet_vae@16") as other:
+        other.set_tags({"model.md5": "0" * 32})
+
+    assert log_on_training_run(weights, {"fid_mean": 4.5, "fid_std": 0.2}) == newest.run_id
+    run = _client().get_run(newest.run_id)
+    assert run.data.metrics == {"fid_mean": 4.5, "fid_std": 0.2}
+    assert run.data.params["epochs"] == "200"  # hyperparameters and FID on one run
+    assert _client().get_run(old.run_id).data.metrics == {}
+    assert _client().list_artifacts(newest.run_id) == []  # weights are referenced, never copied
+
+    weights.write_bytes(b"retrained differently")
+    assert log_on_training_run(weights, {"fid_mean": 1.0}) is None
+    assert "no MLflow run trained" in capsys.readouterr().err

@@ -82,14 +82,31 @@ def _repro(args: argparse.Namespace) -> None:
                 raise _PipelineEnded(status)
     except _PipelineEnded as ended:
         sys.exit(ended.status)
+    if args.push:
+        _push(dvc)
+
+
+def _push(dvc: str) -> None:
+    """`dvc push` of the results to the default remote, so another clone can `dvc pull` the models
+    instead of training them. A failed push warns: the results are already safe in the cache."""
+    import subprocess
+
+    remote = subprocess.run([dvc, "remote", "default"], capture_output=True, text=True)
+    if remote.returncode != 0 or not remote.stdout.strip():
+        print("note: no default DVC remote; results stay in this clone's cache (see README, sharing models)")
+        return
+    print(f"dvc push to remote {remote.stdout.strip()!r}", flush=True)
+    if _run_forwarding_signals([dvc, "push"]) != 0:
+        print("warning: dvc push failed; the results are in the local cache, push later with `dvc push`", file=sys.stderr)
 
 
 def _ui(args: argparse.Namespace) -> None:
     from sarnet.tracking import init_store, tracking_uri
 
-    init_store()
+    experiment_id = init_store()
     uri = tracking_uri()
-    print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI over {uri}: the runs table is http://{args.host}:{args.port}/#/experiments/{experiment_id}/runs "
+          "(Ctrl-C stops it)", flush=True)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
 
@@ -310,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="sarnet")
     p.set_defaults(func=_init_tracking)
 
-    p = sub.add_parser("repro", help="`dvc repro` with every stage's MLflow run under one parent run")
+    p = sub.add_parser("repro", help="`dvc repro` with every stage's MLflow run under one parent run, then `dvc push`")
+    p.add_argument("--no-push", dest="push", action="store_false", help="do not push the results to the DVC remote")
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. a stage name, -f)")
     p.set_defaults(func=_repro)
 

@@ -16,7 +16,7 @@ SINGLE_MODELS = {"sarnet": "simple SarNET", "gen_xgboost": "generative XGBoost"}
 
 @dataclass(frozen=True)
 class FidRow:
-    """One model's evaluation: what metrics/fid/<name>.json holds."""
+    """One model's evaluation: its FID record (metrics/fid/<name>.json) and per-set FIDs."""
 
     name: str
     kind: str
@@ -24,15 +24,17 @@ class FidRow:
     fids: Sequence[float]
     mean: float
     std: float
-    seconds: float
     data: str | None = None  # another training set (params.yaml `<kind>_data` key); None: Table 4.1's fives
     dataset: str = "mnist"
 
     @classmethod
-    def from_json(cls, record: Mapping) -> "FidRow":
-        return cls(record["name"], record["kind"], record.get("latent_dim"), list(record["fids"]),
-                   float(record["mean"]), float(record["std"]), float(record.get("seconds", 0.0)),
-                   record.get("data"), record.get("dataset", "mnist"))
+    def from_files(cls, name: str, kind: str, latent_dim: int | None, record: Mapping, fids: Sequence[float],
+                   data: str | None = None, dataset: str = "mnist") -> "FidRow":
+        """From an evaluation's record (mean, std, sets) and its per-set FIDs, which must agree in number."""
+        if len(fids) != record["sets"]:
+            raise ValueError(f"{name}: {len(fids)} per-set FIDs for {record['sets']} sets")
+        return cls(name, kind, latent_dim, [float(f) for f in fids], float(record["mean"]), float(record["std"]),
+                   data, dataset)
 
 
 def _ours(row: FidRow | None) -> str:

@@ -1,7 +1,10 @@
 """MLflow tracking that never costs a result.
 
 Every stage execution is one MLflow run with its params, metrics, artifacts and tags for the git
-commit, a dirty-tree flag, the DVC stage and the dataset. The default store is a sqlite file at
+commit, a dirty-tree flag, the DVC stage and the dataset. Runs of one pipeline execution nest under
+a parent run: `sarnet repro`'s, or for `dvc exp run` one parent per experiment name. Model weights
+are not copied into MLflow: a training run carries their path and hash (the DVC cache holds them),
+and an evaluation logs its FID onto the run that trained the model. The default store is a sqlite file at
 the project root with artifacts in a local folder; `MLFLOW_TRACKING_URI` points elsewhere (a
 remote server works unchanged). If the store cannot be reached, or any call fails, the run goes
 on untracked after one warning.
@@ -10,6 +13,7 @@ on untracked after one warning.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -28,6 +32,8 @@ ARTIFACT_DIR = "mlartifacts"
 # Set by `sarnet repro` for the `dvc repro` it runs: every stage's run becomes a child of that
 # pipeline execution's parent run, so the UI shows one execution's models side by side.
 PARENT_RUN_ENV = "SARNET_PARENT_RUN_ID"
+# Set by DVC for every `dvc exp run` execution (queued or not): the experiment's name.
+EXPERIMENT_NAME_ENV = "DVC_EXP_NAME"
 
 # Fail fast on an unreachable server (MLflow's own default retries for minutes); user settings win.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -131,6 +137,59 @@ class Tracker:
             self._call("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
 
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_reference(path: str | os.PathLike) -> dict[str, str]:
+    """Tags that point at a model's weights instead of copying them: its path in the project and an
+    md5 (for a file, the hash DVC files it under in its cache; for a folder, the md5 of its files'
+    names and md5s)."""
+    path = Path(path)
+    tags = {"model.path": path.as_posix()}
+    try:
+        if path.is_file():
+            tags["model.md5"] = _file_md5(path)
+        elif path.is_dir():
+            listing = "".join(f"{f.relative_to(path).as_posix()} {_file_md5(f)}\n"
+                              for f in sorted(path.rglob("*")) if f.is_file())
+            tags["model.md5"] = hashlib.md5(listing.encode()).hexdigest()
+    except OSError:
+        pass  # the reference is a convenience: never a reason to fail the stage
+    return tags
+
+
+def log_on_training_run(model_path: str | os.PathLike, metrics: Mapping[str, float],
+                        experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """Log `metrics` onto the newest run that trained the model at `model_path` (found by its
+    `model.md5` tag), so one run holds the model's hyperparameters and its results side by side.
+    Returns that run's id; None (with a warning) when there is none or the store fails."""
+    md5 = model_reference(model_path).get("model.md5")
+    if md5 is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = _client()
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else client.search_runs(
+                [found.experiment_id], filter_string=f"tags.`model.md5` = '{md5}'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception as exc:
+        _warn(f"MLflow search for the training run of {model_path} failed ({type(exc).__name__}); not linked")
+        return None
+    if not runs:
+        _warn(f"no MLflow run trained {model_path} (md5 {md5}); its results stay on this run only")
+        return None
+    tracker = Tracker(client, runs[0].info.run_id)
+    tracker.log_metrics(metrics)
+    return tracker.run_id if tracker.enabled else None
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -147,19 +206,26 @@ def _client():
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview; this kind opens the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: Any, name: str = DEFAULT_EXPERIMENT) -> str:
-    """The experiment's id, creating it (with a local artifact folder for the default store) if needed."""
+    """The experiment's id, creating it (with a local artifact folder for the default store) if needed;
+    tagged as model development, so the UI shows its runs table."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (project_root() / ARTIFACT_DIR).as_uri() if _is_local_default() else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another process created it first
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        location = (project_root() / ARTIFACT_DIR).as_uri() if _is_local_default() else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:  # another process created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:  # a store made before the tag existed
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def init_store(experiment: str = DEFAULT_EXPERIMENT) -> str:
@@ -188,6 +254,34 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _experiment_parent(client: Any, experiment_id: str, exp_name: str) -> str:
+    """The parent run of DVC experiment `exp_name` (created by its first stage), marked RUNNING."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}' and "
+                               "tags.`sarnet.pipeline` = 'true'", max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=exp_name, tags={
+        "sarnet.pipeline": "true", "dvc.exp_name": exp_name, "dvc.stage": "pipeline", **git_state()})
+    return run.info.run_id
+
+
+def end_experiment_parent(status: str) -> None:
+    """Mark the parent run of the running `dvc exp run` (if any) with `status`: for a stage that fails
+    before its own run starts (bad params, missing inputs). Never raises."""
+    exp_name = os.environ.get(EXPERIMENT_NAME_ENV)
+    if not exp_name or os.environ.get(PARENT_RUN_ENV):  # `sarnet repro` ends its own parent run
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = _client()
+            run_id = _experiment_parent(client, ensure_experiment(client), exp_name)
+            client.set_terminated(run_id, status)
+    except Exception as exc:
+        _warn(f"MLflow could not mark experiment {exp_name} {status} ({type(exc).__name__})")
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -198,8 +292,11 @@ def stage_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> Iterator[Tracker]:
-    """One MLflow run around a stage execution; yields a Tracker that is a no-op if tracking failed."""
+    """One MLflow run around a stage execution; yields a Tracker that is a no-op if tracking failed.
+    Under `dvc exp run` the experiment's parent run ends with the status of its latest stage: since
+    DVC stops at the first failing stage, a failed pipeline leaves it FAILED, a whole one FINISHED."""
     tracker = Tracker()
+    exp_parent = Tracker()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,7 +305,13 @@ def stage_run(
             all_tags = {"dvc.stage": stage, **git_state(), **(tags or {})}
             if dataset:
                 all_tags["dataset"] = dataset
+            exp_name = os.environ.get(EXPERIMENT_NAME_ENV)
+            if exp_name:
+                all_tags["dvc.exp_name"] = exp_name
             parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV)
+            if not parent_run_id and exp_name:  # a `dvc exp run` stage: its experiment's parent run
+                parent_run_id = exp_parent.run_id = _experiment_parent(client, experiment_id, exp_name)
+                exp_parent._client = client
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(experiment_id, run_name=run_name or stage, tags={k: str(v) for k, v in all_tags.items()})
@@ -228,6 +331,7 @@ def stage_run(
         raise
     finally:
         tracker._call("set_terminated", lambda: tracker._client.set_terminated(tracker.run_id, status))
+        exp_parent._call("set_terminated", lambda: exp_parent._client.set_terminated(exp_parent.run_id, status))
 
 
 @contextlib.contextmanager
