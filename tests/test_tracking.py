@@ -268,3 +268,49 @@ def test_evaluation_logs_fid_onto_the_run_that_trained_the_model(isolated_store,
     weights.write_bytes(b"retrained differently")
     assert log_on_training_run(weights, {"fid_mean": 1.0}) is None
     assert "no MLflow run trained" in capsys.readouterr().err
+
+
+def _fake_dvc(isolated_store, script: str):
+    bin_dir = isolated_store / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "dvc"
+    fake.write_text("#!/bin/sh\n" + f'echo "$*" >> "{isolated_store}/dvc_calls"\n' + script)
+    fake.chmod(0o755)
+    return bin_dir
+
+
+def test_sarnet_repro_pushes_to_the_default_remote_after_a_successful_run(isolated_store, monkeypatch, capsys):
+    from sarnet.cli import main
+
+    bin_dir = _fake_dvc(isolated_store, 'case "$1" in remote) echo shared ;; esac\nexit 0\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    main(["repro"])
+    assert (isolated_store / "dvc_calls").read_text().splitlines() == ["repro", "remote default", "push"]
+
+    (isolated_store / "dvc_calls").unlink()
+    main(["repro", "--no-push", "fid_table"])
+    assert (isolated_store / "dvc_calls").read_text().splitlines() == ["repro fid_table"]
+
+
+def test_sarnet_repro_without_remote_or_with_a_failing_push_keeps_its_results(isolated_store, monkeypatch, capsys):
+    from sarnet.cli import main
+
+    bin_dir = _fake_dvc(isolated_store, 'case "$1" in remote) exit 251 ;; esac\nexit 0\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    main(["repro"])  # no remote: a note, exit 0
+    assert "no default DVC remote" in capsys.readouterr().out
+
+    _fake_dvc(isolated_store, 'case "$1" in remote) echo shared ;; push) exit 1 ;; esac\nexit 0\n')
+    main(["repro"])  # the push fails: a warning, still exit 0 (the results are in the cache)
+    assert "dvc push failed" in capsys.readouterr().err
+
+
+def test_failed_repro_does_not_push(isolated_store, monkeypatch):
+    from sarnet.cli import main
+
+    bin_dir = _fake_dvc(isolated_store, 'case "$1" in remote) echo shared ;; repro) exit 2 ;; esac\nexit 0\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["repro"])
+    assert exit_info.value.code == 2
+    assert (isolated_store / "dvc_calls").read_text().splitlines() == ["repro"]
