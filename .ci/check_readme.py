@@ -1,0 +1,100 @@
+"""CI check: the README's results are the committed metrics, so they cannot drift from the run.
+
+    python .ci/check_readme.py           # check: exit 1 naming every difference
+    python .ci/check_readme.py --write   # after a results run: rewrite those parts from metrics/
+
+Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the README's
+`fid_table` block) and the numbers of every row of the training table (`training` block) from
+metrics/train/ and metrics/timing/train/; the prose around them and the reference column are
+the author's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+README = Path("README.md")
+METRICS = Path("metrics")
+
+
+def block(text: str, name: str) -> tuple[int, int]:
+    """Start and end offsets of the text between <!-- name:start --> and <!-- name:end -->."""
+    start, end = text.find(f"<!-- {name}:start -->"), text.find(f"<!-- {name}:end -->")
+    if start < 0 or end < start:
+        sys.exit(f"error: README.md has no {name} block")
+    return start, end
+
+
+def fid_table(text: str) -> tuple[str, list[str]]:
+    table = (METRICS / "fid_table.md").read_text().strip()
+    start, end = block(text, "fid_table")
+    inside = text[start:end]
+    first, last = table.splitlines()[0], table.splitlines()[-1]
+    i, j = inside.find(first[:40]), inside.find(last[:40])
+    if i < 0 or j < 0:
+        return text, ["fid_table block: no FID table to compare (its first or last line is missing)"]
+    j = inside.find("\n", j) if inside.find("\n", j) >= 0 else len(inside)
+    if inside[i:j] == table:
+        return text, []
+    return text[:start] + inside[:i] + table + inside[j:] + text[end:], ["fid_table block: differs from metrics/fid_table.md"]
+
+
+def _row(model: str, epochs: int, train: dict, timing: dict, reference: str) -> str:
+    digits = 3 if model == "sarnet (simple)" else 2
+    f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+    return (f"| {model} | {epochs} | {f(train['final_train_loss'])} / {f(train['final_test_loss'])} | "
+            f"{f(train['best_test_loss'])} (epoch {train['best_test_epoch']}) | {reference} | "
+            f"{timing['seconds_per_epoch']:.2f} | {timing['seconds']:.0f} |")
+
+
+def training_table(text: str) -> tuple[str, list[str]]:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    start, end = block(text, "training")
+    lines, problems = text[start:end].split("\n"), []
+    for index, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or not re.fullmatch(r"(sarnet|conv_vae|sarnet_vae)\w*( \(simple\))?", cells[0]):
+            continue
+        model = cells[0]
+        name = "sarnet" if model == "sarnet (simple)" else model
+        train_path, timing_path = METRICS / "train" / f"{name}.json", METRICS / "timing" / "train" / f"{name}.json"
+        if not (train_path.exists() and timing_path.exists()):
+            problems.append(f"training block: {model}: no {train_path} or {timing_path}")
+            continue
+        data = re.fullmatch(r"sarnet_vae_(\w+)_L\d+", name)
+        if name == "sarnet":
+            epochs = params["sarnet"]["epochs"]
+        elif data and data.group(1) in params["sarnet_vae_data"]:
+            epochs = params["sarnet_vae_data"][data.group(1)].get("epochs", params["sarnet_vae"]["epochs"])
+        else:
+            epochs = params[name.rsplit("_L", 1)[0]]["epochs"]
+        expected = _row(model, epochs, json.loads(train_path.read_text()), json.loads(timing_path.read_text()), cells[4])
+        if line.strip() != expected:
+            problems.append(f"training block: {model}: README says\n    {line.strip()}\n  metrics say\n    {expected}")
+            lines[index] = expected
+    return text[:start] + "\n".join(lines) + text[end:], problems
+
+
+def main() -> None:
+    text = README.read_text()
+    text, fid_problems = fid_table(text)
+    text, training_problems = training_table(text)
+    problems = fid_problems + training_problems
+    if "--write" in sys.argv[1:]:
+        README.write_text(text)
+        print(f"README.md: {len(problems)} part(s) rewritten from metrics/")
+        return
+    if problems:
+        print("README results differ from the committed metrics (python .ci/check_readme.py --write):\n  "
+              + "\n  ".join(problems))
+        sys.exit(1)
+    print("README results match metrics/")
+
+
+if __name__ == "__main__":
+    main()

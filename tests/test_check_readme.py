@@ -1,0 +1,58 @@
+"""`.ci/check_readme.py`: the README's result tables must be the committed metrics."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "check_readme.py"
+TABLE = "FID, mean ± std over sets.\n\n| L | ours |\n| --- | --- |\n| 128 | 5.291 ± 0.239 (50) |\n\nScale: blur σ = 0.5 scores 8.011."
+
+
+def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"sarnet": {"epochs": 500}, "sarnet_vae": {"epochs": 200}, "sarnet_vae_data": {"fashion": {"epochs": 20}}}))
+    for folder in ("train", "timing/train"):
+        (tmp_path / "metrics" / folder).mkdir(parents=True)
+    (tmp_path / "metrics" / "fid_table.md").write_text(fid_table + "\n")
+    for name, loss in (("sarnet_vae_L128", 80.4412), ("sarnet", 0.29312), ("sarnet_vae_fashion_L128", 224.63)):
+        (tmp_path / "metrics" / "train" / f"{name}.json").write_text(json.dumps(
+            {"final_train_loss": loss, "final_test_loss": 100.3, "best_test_loss": 92.14, "best_test_epoch": 45}))
+        (tmp_path / "metrics" / "timing" / "train" / f"{name}.json").write_text(json.dumps(
+            {"seconds_per_epoch": 1.434, "seconds": 309.4}))
+    (tmp_path / "README.md").write_text(
+        "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + TABLE + "\n\n**Reading it.** prose\n<!-- fid_table:end -->\n"
+        "<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        + "\n".join(readme_rows) + "\n<!-- training:end -->\n")
+    return tmp_path
+
+
+def run(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=path, capture_output=True, text=True)
+
+
+ROWS = ["| sarnet_vae_L128 | 200 | 80.44 / 100.30 | 92.14 (epoch 45) | 80.7 / 105.9 | 1.43 | 309 |",
+        "| sarnet (simple) | 500 | 0.293 / 100.300 | 92.140 (epoch 45) | — | 1.43 | 309 |",
+        "| sarnet_vae_fashion_L128 | 20 | 224.63 / 100.30 | 92.14 (epoch 45) | — | 1.43 | 309 |"]
+
+
+def test_a_readme_that_shows_the_metrics_passes(tmp_path):
+    result = run(project(tmp_path, ROWS))
+    assert result.returncode == 0, result.stdout
+    assert "match" in result.stdout
+
+
+def test_a_stale_number_or_table_fails_and_write_repairs_it_keeping_the_prose(tmp_path):
+    stale = [ROWS[0].replace("80.44", "80.45"), ROWS[1], ROWS[2].replace("| 20 |", "| 25 |")]
+    path = project(tmp_path, stale, fid_table=TABLE.replace("5.291", "4.000"))
+    result = run(path)
+    assert result.returncode == 1
+    assert "sarnet_vae_L128" in result.stdout and "sarnet_vae_fashion_L128" in result.stdout
+    assert "fid_table block" in result.stdout and "sarnet (simple)" not in result.stdout
+    assert run(path, "--write").returncode == 0
+    text = (path / "README.md").read_text()
+    assert ROWS[0] in text and ROWS[2] in text and "4.000" in text and "5.291" not in text
+    assert "**Reading it.** prose" in text and "80.7 / 105.9" in text
+    assert run(path).returncode == 0
