@@ -120,7 +120,8 @@ def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp
     np.testing.assert_array_equal(loaded.generate(10, 1, SETTINGS), small_model.generate(10, 1, SETTINGS))
 
 
-@pytest.mark.parametrize("damage", ["truncated_booster", "garbage_booster", "config_not_json", "config_unknown_field"])
+@pytest.mark.parametrize("damage", ["truncated_booster", "garbage_booster", "undecodable_error", "config_not_json",
+                                    "config_unknown_field"])
 def test_damaged_model_folder_gives_one_line(damage, small_model, tmp_path):
     from sarnet.errors import DataError
 
@@ -130,6 +131,8 @@ def test_damaged_model_folder_gives_one_line(damage, small_model, tmp_path):
         booster.write_bytes(booster.read_bytes()[: booster.stat().st_size // 3])
     elif damage == "garbage_booster":
         booster.write_bytes(b"\x00\xff" * 50)
+    elif damage == "undecodable_error":  # xgboost quotes these bytes in its error and cannot decode it itself
+        booster.write_bytes(b"{" + b"\x80" * 200)
     elif damage == "config_not_json":
         config_file.write_text("{patch: 7,")
     else:

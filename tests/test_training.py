@@ -212,3 +212,34 @@ def test_a_loss_that_raises_on_diverged_weights_stops_as_divergence(tmp_path):
         fit(make_model(), bce, regression_data(), CONFIG, tmp_path / "b.ckpt", final(tmp_path, "b"), progress=False,
             device=torch.device("cpu"))
     assert (tmp_path / "b.ckpt").exists() and not final(tmp_path, "b").exists()
+
+
+def test_finite_but_exploded_weights_stop_as_divergence_not_a_crash(tmp_path):
+    """lr = 1e6 leaves the weights finite but huge: activations overflow to inf, inf − inf is NaN,
+    and BCE raises on it. That is divergence too (a probe of issue 14 found the crash)."""
+    from sarnet.models import ConvVAE
+
+    torch.manual_seed(0)
+    model = ConvVAE(4)
+    with torch.no_grad():
+        for layer in model.encoder.features:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.mul_(1e25)  # finite (< 3.4e38), but the activations are not
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    images = (torch.rand(32, 784),)
+    with pytest.raises(RuntimeError, match="between 0 and 1"):  # what BCE itself raises
+        model.train()
+        model.loss(images)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, reduction="sum", seed=0)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at epoch 1, batch 1; last good checkpoint: none yet"):
+        fit(model, lambda m, b: m.loss(b), images, config, tmp_path / "c.ckpt", final(tmp_path, "c"), progress=False,
+            device=torch.device("cpu"))
+
+
+def test_a_loss_raising_for_another_reason_is_not_called_divergence(tmp_path):
+    def broken(model, batch):
+        raise RuntimeError("shape mismatch in my loss")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        fit(make_model(), broken, regression_data(), CONFIG, tmp_path / "d.ckpt", final(tmp_path, "d"), progress=False,
+            device=torch.device("cpu"))

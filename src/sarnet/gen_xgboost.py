@@ -244,7 +244,7 @@ class GenerativeXGBoost:
             b = xgb.Booster()
             try:
                 b.load_model(path)
-            except xgb.core.XGBoostError:  # its message is a C++ backtrace; the cause is the file
+            except (xgb.core.XGBoostError, UnicodeDecodeError):  # a C++ backtrace, or one xgboost cannot decode
                 raise DataError(f"{path}: unreadable XGBoost model (truncated or corrupt); re-run `dvc repro train_xgboost`") from None
             b.set_param({"nthread": 2})
             return b

@@ -244,6 +244,28 @@ def _diverged(run: _Run, epoch: int, step: int) -> TrainingDiverged:
                             f"{last}; lower the learning rate (now {run.config.lr})")
 
 
+def _forward_is_non_finite(model: nn.Module, loss_fn: PerSampleLoss, batch: tuple[torch.Tensor, ...]) -> bool:
+    """Whether some layer's output on `batch` is NaN or infinite: diverged weights, even finite but
+    huge ones, make a loss such as BCE raise before it can return a non-finite value."""
+    found: list[nn.Module] = []
+
+    def check(module: nn.Module, inputs: Any, output: Any) -> None:
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                found.append(module)
+
+    handles = [module.register_forward_hook(check) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            loss_fn(model, batch)
+    except RuntimeError:
+        pass  # the loss raises again; the hooks have seen the layers' outputs by then
+    finally:
+        for handle in handles:
+            handle.remove()
+    return bool(found)
+
+
 def _train_epoch(run: _Run, epoch: int) -> float:
     """One pass over the training data (0-based `epoch`); the mean per-sample loss.
     Shuffling depends only on (seed, epoch), so a resumed run matches an uninterrupted one."""
@@ -257,8 +279,8 @@ def _train_epoch(run: _Run, epoch: int) -> float:
         batch = tuple(t[idx].to(run.device, non_blocking=True) for t in run.train_data)
         try:
             losses = run.loss_fn(run.model, batch)
-        except RuntimeError:  # e.g. BCE refusing NaN outputs of diverged weights
-            if all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        except RuntimeError:  # e.g. BCE refusing the NaN outputs of diverged weights
+            if not _forward_is_non_finite(run.model, run.loss_fn, batch):
                 raise
             raise _diverged(run, epoch, step) from None
         objective = _objective(losses, config.reduction)
