@@ -154,3 +154,20 @@ def test_bad_params_fail_before_training(bad):
 def test_untrained_model_refuses_to_generate():
     with pytest.raises(ConfigError):
         GenerativeXGBoost(config()).generate(2, 0, SETTINGS)
+
+
+def test_an_interrupted_fit_stops_after_the_models_in_training(tmp_path):
+    """A kill (KeyboardInterrupt, which SIGTERM becomes in a stage) must not wait for all 391 models:
+    the queued ones are cancelled. Before, the stage kept training for minutes after `sarnet repro` stopped."""
+    model = GenerativeXGBoost(config(patch=2, predictor_trees=2, predictor_depth=2, refiner_trees=1, refiner_depth=1,
+                                     workers=2))
+    trained = []
+
+    def progress(done, total):
+        trained.append(done)
+        if done == 3:
+            raise KeyboardInterrupt("signal 15")
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(real_or_synthetic_images(50), progress=progress)
+    assert len(trained) < 10  # a few models already running or collected, not all 391 (195 before the fix)

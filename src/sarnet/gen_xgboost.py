@@ -162,13 +162,17 @@ class GenerativeXGBoost:
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=c.workers) as pool:  # XGBoost releases the GIL while training
-            predictors = [pool.submit(train, features[:, : predictor_width(i, k)], patches[:, i], c.predictor_depth,
-                                      c.predictor_trees) for i in range(1, c.n_patches)]
-            self.predictors = [f.result() for f in predictors]
-            predictors_done = time.perf_counter()
-            refiners = [pool.submit(train, blurred[:, i], patches[:, i], c.refiner_depth, c.refiner_trees)
-                        for i in range(c.n_patches)]
-            self.refiners = [f.result() for f in refiners]
+            try:
+                predictors = [pool.submit(train, features[:, : predictor_width(i, k)], patches[:, i],
+                                          c.predictor_depth, c.predictor_trees) for i in range(1, c.n_patches)]
+                self.predictors = [f.result() for f in predictors]
+                predictors_done = time.perf_counter()
+                refiners = [pool.submit(train, blurred[:, i], patches[:, i], c.refiner_depth, c.refiner_trees)
+                            for i in range(c.n_patches)]
+                self.refiners = [f.result() for f in refiners]
+            except BaseException:  # SIGTERM, Ctrl-C, an error: stop after the models in training, not after all
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return {"predictor_seconds": predictors_done - started, "refiner_seconds": time.perf_counter() - predictors_done}
 
     # ---------------------------------------------------------------- generation
