@@ -36,6 +36,9 @@ if __name__ == "__main__":
     yaml.representer.add_representer(  # `null`, as written, not an empty value
         type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
     params_path = Path("params.yaml")
+    for path in (params_path, profile):
+        if not path.is_file():
+            sys.exit(f"error: {path}: no such file (run from the project root: python pipeline/apply_profile.py params-ci.yaml)")
     params = yaml.load(params_path)
     merge(params, YAML(typ="safe").load(profile) or {})
     with params_path.open("w") as fh:

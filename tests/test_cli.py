@@ -88,6 +88,11 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
     (["inpaint", "--model", "VAE", "--keep-patches", "0"], "--keep-patches must be in 1..49"),
     (["sample", "--model", "VAE", "--out", "DIR"], "a directory; give a file name"),
     (["sample", "--model", "VAE", "--out", "DIR/s.png", "--npz", "FILE/s.npz"], "cannot write into"),
+    (["inpaint", "--model", "VAE", "--data", "/etc/passwd"], "not a prepared dataset"),  # probes of issue 14
+    (["inpaint", "--model", "VAE", "--data", "PICKLE"], "not a prepared dataset"),
+    (["explain", "--model", "VAE", "--data", "DIR"], "prepared data missing"),
+    (["sample", "--model", "VAE", "--params", "STRING_THRESHOLD"], "`sampling.sarnet_vae.threshold` must be a number, got 'high'"),
+    (["inpaint", "--model", "VAE", "--params", "STRING_THRESHOLD"], "`sampling.inpaint.z_scale` must be a number, got 'wide'"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, vae_file, tmp_path, capsys):
     from sarnet.classifier import MnistClassifier
@@ -95,8 +100,13 @@ def test_bad_input_gives_one_line_error(argv, message, vae_file, tmp_path, capsy
     save_model(MnistClassifier([4, 8], 16, 0.1), tmp_path / "classifier.safetensors")
     torch.save({"weight": torch.zeros(3)}, tmp_path / "old.pt")
     (tmp_path / "a-file").write_text("")
+    bad_params = yaml.safe_load(Path(PARAMS).read_text())
+    bad_params["sampling"]["sarnet_vae"]["threshold"] = "high"
+    bad_params["sampling"]["inpaint"]["z_scale"] = "wide"
+    (tmp_path / "bad_params.yaml").write_text(yaml.safe_dump(bad_params))
     names = {"VAE": str(vae_file), "CLASSIFIER": str(tmp_path / "classifier.safetensors"), "PICKLE": str(tmp_path / "old.pt"),
-             "DIR": str(tmp_path), "DIR/s.png": str(tmp_path / "s.png"), "FILE/s.npz": str(tmp_path / "a-file" / "s.npz")}
+             "DIR": str(tmp_path), "DIR/s.png": str(tmp_path / "s.png"), "FILE/s.npz": str(tmp_path / "a-file" / "s.npz"),
+             "STRING_THRESHOLD": str(tmp_path / "bad_params.yaml")}
     argv = [names.get(a, a) for a in argv] + (["--params", PARAMS] if "--params" not in argv else [])
     argv += [] if "--out" in argv else ["--out", str(tmp_path / "s.png")]
     with pytest.raises(SystemExit) as info:

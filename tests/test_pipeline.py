@@ -75,6 +75,17 @@ def test_ci_profile_keeps_comments_and_touches_only_overridden_lines(tmp_path):
     assert _leaves(yaml.safe_load(after)) == _leaves(full) | _leaves(profile)
 
 
+def test_a_missing_profile_or_params_file_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), "nope.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "params.yaml: no such file" in result.stderr
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    result = subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), "nope.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "nope.yaml: no such file" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_profile_with_unknown_key_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text("a: {b: 1}\n")
     (tmp_path / "bad.yaml").write_text("a: {c: 2}\n")

@@ -142,6 +142,18 @@ def _section(params: dict, path: str, *keys: str) -> dict:
     return value
 
 
+def _settings(params: dict, path: str, *keys: str) -> dict:
+    """A section of sampling settings, every value a finite number (or a flag): a string in
+    params.yaml stops here in one line, not as a TypeError inside the sampler."""
+    import math
+
+    settings = dict(_section(params, path, *keys))
+    for key, value in settings.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SarnetError(f"{path}: `{'.'.join(keys)}.{key}` must be a number, got {value!r}")
+    return settings
+
+
 def _load(path: str, kinds: tuple[str, ...] | None = None):
     """The model a file describes (the one loader, sarnet.loader); `kinds`: the kinds this command takes."""
     from sarnet.loader import load_model
@@ -200,7 +212,7 @@ def _sample(args: argparse.Namespace) -> None:
     _check_outputs(args.out, args.npz)
     _check_threshold(args.threshold)
     model = _load(args.model, tuple(GENERATOR_CLASSES))
-    settings = dict(_section(_read_params(args.params), args.params, "sampling", model.kind))
+    settings = _settings(_read_params(args.params), args.params, "sampling", model.kind)
     if args.threshold is not None:
         if "threshold" not in model.sampling_keys:
             raise SarnetError(f"--threshold: a {model.kind} has no sampling threshold")
@@ -211,12 +223,12 @@ def _sample(args: argparse.Namespace) -> None:
 def _inpaint(args: argparse.Namespace) -> None:
     import torch
 
-    from sarnet.data import load_prepared, to_unit_tensor
+    from sarnet.data import to_unit_tensor
     from sarnet.explain import inpainting_rows
 
     _check_outputs(args.out, args.npz)
     model = _load(args.model, ("sarnet_vae",))
-    settings = dict(_section(_read_params(args.params), args.params, "sampling", "inpaint"))
+    settings = _settings(_read_params(args.params), args.params, "sampling", "inpaint")
     if args.keep_patches is not None:
         settings["keep_patches"] = args.keep_patches
     if args.n_styles is not None:
@@ -225,7 +237,7 @@ def _inpaint(args: argparse.Namespace) -> None:
         raise SarnetError(f"--keep-patches must be in 1..{model.decoder.n_patches}, got {settings['keep_patches']}")
     if settings["n_styles"] < 1:
         raise SarnetError(f"--n-styles must be >= 1, got {settings['n_styles']}")
-    test = load_prepared(args.data, digit=None if args.digit < 0 else args.digit).test
+    test = _test_images(args.data, args.digit)
     if any(not 0 <= i < len(test.images) for i in args.index):
         raise SarnetError(f"--index must be in 0..{len(test.images) - 1}")
     images = to_unit_tensor(test.images[args.index])
@@ -234,10 +246,16 @@ def _inpaint(args: argparse.Namespace) -> None:
 
 
 def _test_images(path: str, digit: int):
-    """The test split of a prepared dataset (digit < 0: every class)."""
+    """The test split of a prepared dataset (digit < 0: every class); anything else is one line."""
+    import zipfile
+
     from sarnet.data import load_prepared
 
-    return load_prepared(path, digit=None if digit < 0 else digit).test
+    try:
+        return load_prepared(path, digit=None if digit < 0 else digit).test
+    except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise SarnetError(f"{path}: not a prepared dataset (the .npz of `dvc repro prepare`): "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") from None
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -288,7 +306,7 @@ def _interpolate(args: argparse.Namespace) -> None:
     if steps < 2:
         raise SarnetError(f"--steps must be >= 2 (both ends), got {steps}")
     _check_threshold(args.threshold)
-    threshold = args.threshold if args.threshold is not None else _section(params, args.params, "sampling", "sarnet_vae")["threshold"]
+    threshold = args.threshold if args.threshold is not None else _settings(params, args.params, "sampling", "sarnet_vae")["threshold"]
     if args.pair is not None:
         if args.digit >= 0:
             raise SarnetError("--pair picks images by label from every class; leave --digit at -1")
