@@ -145,12 +145,12 @@ def _section(params: dict, path: str, *keys: str) -> dict:
 def _settings(params: dict, path: str, *keys: str) -> dict:
     """A section of sampling settings, every value a finite number (or a flag): a string in
     params.yaml stops here in one line, not as a TypeError inside the sampler."""
-    import math
+    from sarnet.params import check_number
 
     settings = dict(_section(params, path, *keys))
     for key, value in settings.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SarnetError(f"{path}: `{'.'.join(keys)}.{key}` must be a number, got {value!r}")
+        if not isinstance(value, bool):  # flags such as `refine` are settings too
+            check_number(".".join(keys), key, value)
     return settings
 
 
