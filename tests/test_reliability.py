@@ -165,10 +165,11 @@ def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
         read_idx_bytes(huge)
 
 
-def test_a_data_folder_that_is_a_file_says_so(tmp_path):
-    from sarnet.data import DATASETS, find_raw_dir
+def test_a_data_folder_that_is_a_file_says_so(tmp_path, monkeypatch):
+    from sarnet.data import DATA_DIR_ENV, DATASETS, find_raw_dir
     from sarnet.errors import DataError
 
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # CI sets it, and it wins over the argument
     (tmp_path / "data").write_text("")
     with pytest.raises(DataError, match="is a file, not a folder"):
         find_raw_dir(DATASETS["mnist"], tmp_path / "data")
