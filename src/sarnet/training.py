@@ -113,8 +113,10 @@ def seed_everything(seed: int) -> None:
     """Seed every RNG the project uses and ask torch for deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not reproducible
+    torch.backends.cudnn.deterministic = True
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
