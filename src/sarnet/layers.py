@@ -7,6 +7,8 @@
   once, as soon as their inputs are known. Units are reordered patch-major, so the inputs a patch
   may see are a prefix of its layer and each step is one small dense matmul per layer: an image
   costs about one (half-dense) forward pass.
+- `WholeMapConv2d`, `PointMapConvTranspose2d`: the VAEs' convolutions whose kernel covers the whole map
+  (7×7 kernel on a 7×7 map; a 7×7 transposed kernel on a 1×1 map), computed as the one matmul they are.
 """
 
 from __future__ import annotations
@@ -36,6 +38,35 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+class WholeMapConv2d(nn.Conv2d):
+    """Conv2d (stride 1, no padding) whose kernel covers its whole input map: each output channel is
+    one dot product with the flattened map, computed as one matmul. Same parameters and state dict
+    as nn.Conv2d; on 2 CPU cores oneDNN's kernel for a 7×7 map ran ~3× slower than the matmul."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != self.kernel_size:
+            return super().forward(x)  # a larger map: a plain convolution
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
+
+
+class PointMapConvTranspose2d(nn.ConvTranspose2d):
+    """ConvTranspose2d (stride 1, no padding) fed 1×1 maps: the output is the kernels weighted by the
+    input channels, one matmul (B, in) @ (in, out·k·k). Same parameters and state dict as
+    nn.ConvTranspose2d; ~3× faster than oneDNN's kernel on 2 CPU cores for 128 → 64, k = 7."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != (1, 1) or output_size is not None:
+            return super().forward(x, output_size)
+        maps = (x.flatten(1) @ self.weight.flatten(1)).view(len(x), self.out_channels, *self.kernel_size)
+        return maps + self.bias[:, None, None]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pytorch_msssim import ssim
 from torch import nn
 
 from sarnet.errors import ConfigError
-from sarnet.layers import (IMAGE_SIZE, PIXELS, SemiDenseStack, evaluating, generate_autoregressive, hidden_shapes,
-                           LayerShape, threshold_emit)
+from sarnet.layers import (IMAGE_SIZE, PIXELS, LayerShape, PointMapConvTranspose2d, SemiDenseStack, WholeMapConv2d,
+                           evaluating, generate_autoregressive, hidden_shapes, threshold_emit)
 from sarnet.params import check_keys
 
 
@@ -185,7 +185,7 @@ class ConvEncoder(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 128, 7), nn.Flatten(),
+            WholeMapConv2d(64, 128, 7), nn.Flatten(),  # on the 7×7 map: a matmul
         )
         self.mu = nn.Linear(128, latent_dim)
         self.logvar = nn.Linear(128, latent_dim)
@@ -294,7 +294,7 @@ class ConvVAE(_VAE):
         self.model_args = {"latent_dim": int(latent_dim)}
         self.project = nn.Linear(latent_dim, 128)
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(128, 64, 7), nn.ReLU(),
+            PointMapConvTranspose2d(128, 64, 7), nn.ReLU(),  # on the 1×1 map: a matmul
             nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
             nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),
         )
