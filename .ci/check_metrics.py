@@ -56,21 +56,24 @@ if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")
 
 VARIANTS = PARAMS["sarnet_vae_data"]  # the SarNET VAE on other training sets
+SARNET_VARIANTS = PARAMS["sarnet_data"]  # §4.1's simple SarNET variants
 epochs = {"sarnet": PARAMS["sarnet"]["epochs"]}
+epochs |= {f"sarnet_{key}": v.get("epochs", PARAMS["sarnet"]["epochs"]) for key, v in SARNET_VARIANTS.items()}
 epochs |= {f"{kind}_L{L}": PARAMS[kind]["epochs"] for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
 epochs |= {f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("epochs", PARAMS["sarnet_vae"]["epochs"]) for key, v in VARIANTS.items()}
 models = list(epochs)
 for name in models:
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    for key in ("final_train_loss", "final_test_loss"):
+    for key in ("final_train_loss", "final_test_loss", "test_mse", "test_l1"):
         finite(path, key, m.get(key))
     finite(f"metrics/timing/train/{name}.json", "seconds_per_epoch", load_json(f"metrics/timing/train/{name}.json").get("seconds_per_epoch"))
     history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
     if len(history) != epochs[name]:
         problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {epochs[name]}")
-    if not Path(f"metrics/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
-        problems.append(f"metrics/samples/{name}.png: not a PNG")
+    for grid in (f"metrics/samples/{name}.png", f"metrics/samples/{name}_reconstruction.png"):
+        if not Path(grid).read_bytes().startswith(b"\x89PNG"):
+            problems.append(f"{grid}: not a PNG")
 
 path = "metrics/gen_xgboost.json"
 m = load_json(path)
@@ -86,6 +89,7 @@ evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
              for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
 evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
 evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets"] for key, v in VARIANTS.items()}
+evaluated |= {f"sarnet_{key}": evaluate["sets"] for key in SARNET_VARIANTS}
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
@@ -128,6 +132,19 @@ for key, v in VARIANTS.items():
         problems.append(f"metrics/fid_table.md: no parsable row for training set {key}")
     else:
         shown[f"sarnet_vae_{key}_L{v['latent_dim']}"] = found[0]
+for key in SARNET_VARIANTS:
+    line = next((l for l in table.splitlines() if l.startswith(f"| simple SarNET `{key}`:")), "")
+    found = cell.findall(line)
+    if len(found) != 1:
+        problems.append(f"metrics/fid_table.md: no parsable row for simple SarNET variant {key}")
+    else:
+        shown[f"sarnet_{key}"] = found[0]
+ablation = Path("metrics/sarnet_ablation.md").read_text() if Path("metrics/sarnet_ablation.md").exists() else ""
+for key in SARNET_VARIANTS:
+    if f"`{key}`" in ablation and "not run" in next(l for l in ablation.splitlines() if f"`{key}`" in l):
+        problems.append(f"metrics/sarnet_ablation.md: variant {key} reads 'not run'")
+if not ablation:
+    problems.append("metrics/sarnet_ablation.md: missing")
 for name, (mean, std, sets) in shown.items():
     m = fid.get(name, {})
     if (float(mean), float(std), int(sets)) != (round(m.get("mean", math.nan), 3), round(m.get("std", math.nan), 3), m.get("sets")):

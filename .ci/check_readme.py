@@ -4,7 +4,8 @@
     python .ci/check_readme.py --write   # after a results run: rewrite those parts from metrics/
 
 Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the README's
-`fid_table` block) and the numbers of every row of the training table (`training` block) from
+`fid_table` block), §4.1's ablation tables (metrics/sarnet_ablation.md, verbatim, in the
+`sarnet_ablation` block) and the numbers of every row of the training table (`training` block) from
 metrics/train/ and metrics/timing/train/; the prose around them and the reference column are
 the author's.
 """
@@ -30,18 +31,19 @@ def block(text: str, name: str) -> tuple[int, int]:
     return start, end
 
 
-def fid_table(text: str) -> tuple[str, list[str]]:
-    table = (METRICS / "fid_table.md").read_text().strip()
-    start, end = block(text, "fid_table")
+def verbatim(text: str, name: str) -> tuple[str, list[str]]:
+    """The README's `name` block holds metrics/<name>.md verbatim (between the author's prose)."""
+    table = (METRICS / f"{name}.md").read_text().strip()
+    start, end = block(text, name)
     inside = text[start:end]
     first, last = table.splitlines()[0], table.splitlines()[-1]
     i, j = inside.find(first[:40]), inside.find(last[:40])
     if i < 0 or j < 0:
-        return text, ["fid_table block: no FID table to compare (its first or last line is missing)"]
+        return text, [f"{name} block: no table to compare (its first or last line is missing)"]
     j = inside.find("\n", j) if inside.find("\n", j) >= 0 else len(inside)
     if inside[i:j] == table:
         return text, []
-    return text[:start] + inside[:i] + table + inside[j:] + text[end:], ["fid_table block: differs from metrics/fid_table.md"]
+    return text[:start] + inside[:i] + table + inside[j:] + text[end:], [f"{name} block: differs from metrics/{name}.md"]
 
 
 def _row(model: str, epochs: int, train: dict, timing: dict, reference: str) -> str:
@@ -67,10 +69,13 @@ def training_table(text: str) -> tuple[str, list[str]]:
             problems.append(f"training block: {model}: no {train_path} or {timing_path}")
             continue
         data = re.fullmatch(r"sarnet_vae_(\w+)_L\d+", name)
+        sarnet_variant = re.fullmatch(r"sarnet_(\w+)", name)
         if name == "sarnet":
             epochs = params["sarnet"]["epochs"]
         elif data and data.group(1) in params["sarnet_vae_data"]:
             epochs = params["sarnet_vae_data"][data.group(1)].get("epochs", params["sarnet_vae"]["epochs"])
+        elif sarnet_variant and sarnet_variant.group(1) in params.get("sarnet_data", {}):
+            epochs = params["sarnet_data"][sarnet_variant.group(1)].get("epochs", params["sarnet"]["epochs"])
         else:
             epochs = params[name.rsplit("_L", 1)[0]]["epochs"]
         expected = _row(model, epochs, json.loads(train_path.read_text()), json.loads(timing_path.read_text()), cells[4])
@@ -82,9 +87,10 @@ def training_table(text: str) -> tuple[str, list[str]]:
 
 def main() -> None:
     text = README.read_text()
-    text, fid_problems = fid_table(text)
+    text, fid_problems = verbatim(text, "fid_table")
+    text, ablation_problems = verbatim(text, "sarnet_ablation")
     text, training_problems = training_table(text)
-    problems = fid_problems + training_problems
+    problems = fid_problems + ablation_problems + training_problems
     if "--write" in sys.argv[1:]:
         README.write_text(text)
         print(f"README.md: {len(problems)} part(s) rewritten from metrics/")

@@ -78,7 +78,8 @@ def params(section: str) -> Any:
 
 def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
     """A model's params section; with `data`, that entry of the `<kind>_data` section laid over it
-    (the same model trained on another training set, thesis §4.3 and §5.2)."""
+    (a variant: the same model on another training set, thesis §4.3 and §5.2, or with §4.1's other
+    loss, patch size or output)."""
     base = params(kind)
     missing = [k for k in DATA_KEYS if k not in base]
     if missing:
@@ -87,7 +88,7 @@ def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
         return base
     variants = params(f"{kind}_data")
     if data not in variants:
-        raise SarnetError(f"{PARAMS_FILE}: no training set {data!r} under `{kind}_data` (have: {', '.join(variants)})")
+        raise SarnetError(f"{PARAMS_FILE}: no variant {data!r} under `{kind}_data` (have: {', '.join(variants)})")
     unknown = set(variants[data]) - set(base) - {"latent_dim"}
     if unknown:
         raise SarnetError(f"{PARAMS_FILE}: `{kind}_data.{data}` sets {sorted(unknown)}, which `{kind}` does not have")
@@ -97,8 +98,9 @@ def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
 
 
 def latent_arg(text: str | None) -> int | None:
-    """The latent-size argument of a stage command (`train_model.py sarnet_vae 128`)."""
-    if text is None:
+    """The latent-size argument of a stage command (`train_model.py sarnet_vae 128`); `-` for a model
+    without one that is followed by a variant (`train_model.py sarnet - mse`)."""
+    if text is None or text == "-":
         return None
     if not text.isdigit() or int(text) < 1:
         raise SarnetError(f"latent size must be a positive integer, got {text!r}")

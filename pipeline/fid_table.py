@@ -1,6 +1,7 @@
 """Stage `fid_table`: every evaluation gathered into Table 4.1's layout (Markdown), the per-set CSV,
-FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, and the wall times of the
-stages behind the table (metrics/wall_time.json, from metrics/timing/)."""
+FID-vs-latent plot data and PNG, a JSON summary for `dvc metrics show`, §4.1's ablation tables of the
+simple SarNET (metrics/sarnet_ablation.md, with the training stages' test errors), and the wall times
+of the stages behind the table (metrics/wall_time.json, from metrics/timing/)."""
 
 import json
 import sys
@@ -11,7 +12,8 @@ from _stage import TIMING_DIR, params, run_name, stage
 from sarnet.files import write_json, write_text
 from sarnet.names import generator_name
 from sarnet.params import check_keys
-from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
+from sarnet.report import (FidRow, ablation_markdown, describe_variant, fid_table_markdown, plot_fid_vs_latent,
+                           write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
 
 OUT = Path("metrics")
@@ -22,7 +24,8 @@ def _evaluated() -> list[tuple[str, int | None, str | None]]:
     latent_dims = params("latent_dims")
     return ([(kind, L, None) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims]
             + [("sarnet", None, None), ("gen_xgboost", None, None)]
-            + [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()])
+            + [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()]
+            + [("sarnet", None, key) for key in params("sarnet_data")])
 
 
 def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
@@ -44,7 +47,7 @@ def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
 @stage
 def main() -> None:
     p = params("fid_table")
-    check_keys("fid_table", p, ("thesis", "calibration_row"), required=True)
+    check_keys("fid_table", p, ("thesis", "calibration_row", "thesis_ablation"), required=True)
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
     rows, missing = [], []
@@ -54,7 +57,7 @@ def main() -> None:
         if not (record.exists() and sets.exists()):
             missing.append(name)
             continue
-        dataset = params("sarnet_vae_data")[data]["dataset"] if data is not None else "mnist"
+        dataset = params(f"{kind}_data")[data].get("dataset", "mnist") if data is not None else "mnist"
         rows.append(FidRow.from_files(name, kind, latent, json.loads(record.read_text()),
                                       json.loads(sets.read_text()), data, dataset))
     if missing:  # a partial run still gets its table; the gaps read "not run"
@@ -62,8 +65,15 @@ def main() -> None:
     calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
     thesis = p["thesis"]
 
-    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"])
+    variants = {key: params("sarnet") | entry for key, entry in params("sarnet_data").items()}
+    labels = {generator_name("sarnet", None, key): f"{describe_variant(v)}, {v['epochs']} epochs" for key, v in variants.items()}
+    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
+                               labels)
     write_text(OUT / "fid_table.md", table)
+    trained = {key: json.loads(path.read_text()) for key in variants
+               if (path := OUT / "train" / f"{generator_name('sarnet', None, key)}.json").exists()}
+    write_text(OUT / "sarnet_ablation.md", ablation_markdown(
+        variants, trained, {r.data: r for r in rows if r.kind == "sarnet" and r.data}, p["thesis_ablation"]))
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
@@ -74,7 +84,7 @@ def main() -> None:
 
     with stage_run(run_name("fid_table"), params=p) as tracker:
         tracker.log_metrics({f"fid_mean.{r.name}": r.mean for r in rows} | {f"fid_std.{r.name}": r.std for r in rows})
-        for name in ("fid_table.md", "fid_sets.csv", "fid_vs_latent.png", "wall_time.json"):
+        for name in ("fid_table.md", "sarnet_ablation.md", "fid_sets.csv", "fid_vs_latent.png", "wall_time.json"):
             tracker.log_artifact(OUT / name)
     print(table)
 

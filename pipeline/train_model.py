@@ -1,7 +1,9 @@
 """Stage `train_<kind>[@L]`: SarNET, SarNET VAE or conv VAE on one dataset, through the shared loop.
 
-Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [training_set]]
-(training_set: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`)
+Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [variant]]
+(variant: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`, `sarnet - mse`)
+Writes the model file, its samples and its reconstructions of the first 20 test images (original
+and reconstruction side by side), and the test images' reconstruction errors (`test_mse`, `test_l1`).
 """
 
 import torch
@@ -38,6 +40,7 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
     test = (to_unit_tensor(prepared.test.images).flatten(1),)
     out_path = model_path(kind, latent, data=training_set)
     grid_path = f"metrics/samples/{name}.png"
+    reconstruction_path = f"metrics/samples/{name}_reconstruction.png"
 
     with stage_run(run_name(dvc_stage(kind, latent, training_set)), params=p | {"latent_dim": latent},
                    dataset=p["dataset"], tags={"model": kind, "model.name": name,
@@ -49,12 +52,17 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
                       history_path=f"metrics/train/{name}_history.csv", logger=tracker)
         model.cpu().eval()
         save_grid(model.generate(100, config.seed, sampling), grid_path)
+        reconstructed = model.reconstruct(test[0]).flatten(1)
+        pairs = torch.stack([test[0][:20], reconstructed[:20]], dim=1).view(-1, 28, 28)
+        save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
         best = min(history, key=lambda r: r.test_loss)
         metrics = {
             "final_train_loss": round(history[-1].train_loss, 4),
             "final_test_loss": round(history[-1].test_loss, 4),
             "best_test_loss": round(best.test_loss, 4),
             "best_test_epoch": best.epoch,
+            "test_mse": round(float((reconstructed - test[0]).pow(2).mean()), 5),  # per pixel, the test images
+            "test_l1": round(float((reconstructed - test[0]).abs().mean()), 5),
             "train_images": len(train[0]),
         }
         timing = write_results(f"train/{name}", metrics,
@@ -62,6 +70,7 @@ def main(kind: str, latent_dim: str | None = None, training_set: str | None = No
         tracker.log_metrics(metrics | timing)
         tracker.set_tags(model_reference(out_path))  # the weights stay in DVC's cache; MLflow keeps their address
         tracker.log_artifact(grid_path, "samples")
+        tracker.log_artifact(reconstruction_path, "samples")
         tracker.log_artifact(f"metrics/train/{name}_history.csv")
         print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "
               f"(best test {metrics['best_test_loss']} at epoch {best.epoch}); samples in {grid_path}")

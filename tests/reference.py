@@ -49,11 +49,12 @@ def vae(latent_dim: int):
     return SarNetVAE(latent_dim, HIDDEN, PATCH)
 
 
-def sarnet(classes: int = 0, loss_power: float = 1.0, hidden=HIDDEN):
-    """A simple SarNET of the thesis architecture (regression unless `classes`)."""
+def sarnet(classes: int = 0, loss_power: float = 1.0, hidden=HIDDEN, ssim: bool | None = None, patch: int = PATCH):
+    """A simple SarNET of the thesis architecture (regression unless `classes`; SSIM in the loss
+    unless `ssim` is False or the model has classes ≥ 2)."""
     from sarnet.models import SarNet
 
-    return SarNet(hidden, PATCH, classes, loss_power)
+    return SarNet(hidden, patch, classes, loss_power, classes < 2 if ssim is None else ssim)
 
 
 def spread_vae(latent_dim: int, seed: int = 0):

@@ -124,10 +124,13 @@ def test_generator_names_and_paths():
             generator_name(*bad)
 
 
-def test_other_training_sets_get_their_own_names():
+def test_variants_get_their_own_names():
     assert generator_name("sarnet_vae", 128, "fashion") == "sarnet_vae_fashion_L128"
     assert str(model_path("sarnet_vae", 128, data="mnist_all")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.safetensors"
-    for bad in (("sarnet", None, "fashion"), ("sarnet_vae", 128, "../x"), ("sarnet_vae", 128, "Fashion")):
+    assert generator_name("sarnet", None, "mse") == "sarnet_mse"  # §4.1's variants of the simple SarNET
+    assert str(model_path("sarnet", data="patch2")) == "models/sarnet/sarnet_patch2.safetensors"
+    assert str(model_path("gen_xgboost", data="notebook")) == "models/gen_xgboost_notebook"
+    for bad in (("sarnet", 4, "mse"), ("sarnet_vae", 128, "../x"), ("sarnet_vae", 128, "Fashion"), ("sarnet", None, "a b")):
         with pytest.raises(ConfigError):
             generator_name(*bad)
 

@@ -62,16 +62,25 @@ def test_the_import_walk_sees_transitive_and_lazy_imports(tmp_path):
 
 # -- 2. params by key ---------------------------------------------------------------------------
 
-def test_other_training_sets_do_not_depend_on_the_keys_they_override(stages):
+@pytest.mark.parametrize("kind", ["sarnet_vae", "sarnet"])
+def test_variants_depend_on_every_base_key_but_those_all_of_them_override(stages, kind):
+    """One stage template serves every entry of `<kind>_data`: it depends on each base key that some
+    entry inherits, and on none that every entry sets (a change there retrains nothing)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    base, entries = params["sarnet_vae"], params["sarnet_vae_data"]
-    for key, entry in entries.items():
-        _, _, keys = stages[f"train_sarnet_vae_data@{key}"]
-        inherited = {f"sarnet_vae.{k}" for k in base if k not in entry}
-        from_base = {k for k in keys if k.startswith("sarnet_vae.")}
+    base, entries = params[kind], params[f"{kind}_data"]
+    set_by_all = set.intersection(*(set(entry) for entry in entries.values()))
+    assert "epochs" in set_by_all
+    for key in entries:
+        _, _, keys = stages[f"train_{kind}_data@{key}"]
+        inherited = {f"{kind}.{k}" for k in base if k not in set_by_all}
+        from_base = {k for k in keys if k.startswith(f"{kind}.")}
         assert from_base == inherited, f"{key}: depends on {sorted(from_base)}, inherits {sorted(inherited)}"
-        assert "sarnet_vae.epochs" not in keys and f"sarnet_vae_data.{key}" in keys
-        # its evaluation reads the dataset and digit from the entry alone
+        assert f"{kind}_data.{key}" in keys
+
+
+def test_other_training_sets_are_evaluated_from_their_entry_alone(stages):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, entry in params["sarnet_vae_data"].items():
         assert {"dataset", "digit"} <= set(entry)
         _, _, eval_keys = stages[f"evaluate_sarnet_vae_data@{key}"]
         assert not any(k.startswith("sarnet_vae.") for k in eval_keys)

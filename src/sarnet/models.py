@@ -52,6 +52,10 @@ class Generator(nn.Module):
         """n images (n, 28, 28) in [0, 1]."""
         raise NotImplementedError
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 784) real images -> (B, 28, 28) reconstructions in [0, 1], in eval mode."""
+        raise NotImplementedError
+
     def generate(self, n: int, seed: int, settings: Mapping[str, Any]) -> torch.Tensor:
         """n images (n, 28, 28) as float32 on the CPU, seeded, with this kind's sampling settings."""
         check_keys(f"sampling.{self.kind}", settings, self.sampling_keys, required=True)
@@ -62,26 +66,37 @@ class Generator(nn.Module):
 
 
 class SarNet(Generator):
-    """Simple SarNET: a SemiDense stack without latent input.
+    """Simple SarNET: a SemiDense stack without latent input (thesis §3.3, §4.1).
 
-    classes=0: regression, output = pixel values (no activation), loss mean|x−y|^a + (1 − SSIM).
-    classes=C: classification over C intensity classes, one-hot input channels, logits out.
+    classes=0: regression, output = pixel values (no activation), loss mean|x−y|^a (+ 1 − SSIM).
+    classes=1: binary target (§4.1, Figure 4.3b): one logit per pixel, the probability that it is white,
+               trained on the [0, 1] pixels as soft targets with binary cross-entropy (+ 1 − SSIM of the
+               probabilities); sampled by drawing each pixel black or white.
+    classes=C≥2: classification over C intensity classes, one-hot input channels, logits out, cross-entropy.
+    `ssim` adds the (1 − SSIM) term (regression and binary target only).
     """
 
     kind = "sarnet"
-    arch_keys = ("hidden", "patch", "classes", "loss_power")
+    arch_keys = ("hidden", "patch", "classes", "loss_power", "ssim")
     sampling_keys = ("alpha_max", "p_earlier", "threshold", "refine", "temperature")
 
-    def __init__(self, hidden: Sequence[Sequence[int]], patch: int, classes: int, loss_power: float) -> None:
+    # ssim defaults to True only for model files written before the option, which all trained with SSIM.
+    def __init__(self, hidden: Sequence[Sequence[int]], patch: int, classes: int, loss_power: float,
+                 ssim: bool = True) -> None:
         super().__init__()
-        if classes == 1 or classes < 0 or classes > 256:
-            raise ConfigError(f"classes must be 0 (regression) or 2..256, got {classes}")
+        if classes < 0 or classes > 256:
+            raise ConfigError(f"classes must be 0 (regression), 1 (binary target) or 2..256, got {classes}")
+        if not isinstance(ssim, bool):
+            raise ConfigError(f"ssim must be true or false, got {ssim!r}")
+        if ssim and classes >= 2:
+            raise ConfigError(f"SSIM needs pixel outputs: set ssim: false for classes = {classes} (or use classes 0 or 1)")
         shapes_hidden = hidden_shapes(hidden)
         self.model_args = {"hidden": [[s.channels, s.size, s.patch] for s in shapes_hidden], "patch": int(patch),
-                           "classes": int(classes), "loss_power": float(loss_power)}
+                           "classes": int(classes), "loss_power": float(loss_power), "ssim": ssim}
         self.classes = classes
         self.loss_power = loss_power
-        channels = classes or 1
+        self.ssim = ssim
+        channels = classes if classes >= 2 else 1
         shapes = (LayerShape(channels, IMAGE_SIZE, patch), *shapes_hidden, LayerShape(channels, IMAGE_SIZE, patch))
         self.stack = SemiDenseStack(shapes, ["relu"] * (len(shapes) - 2) + ["none"])
 
@@ -95,30 +110,51 @@ class SarNet(Generator):
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 784) pixels -> the stack's input: pixels, or one-hot class channels (B, C·784)."""
-        if not self.classes:
+        if self.classes < 2:
             return x
         return F.one_hot(self.quantise(x), self.classes).permute(0, 2, 1).reshape(len(x), -1).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stack(self.encode_input(x))
-        return out if not self.classes else out.view(len(x), self.classes, PIXELS)
+        return out if self.classes < 2 else out.view(len(x), self.classes, PIXELS)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Per-sample training loss."""
         x = batch[0]
         out = self(x)
-        if self.classes:
+        if self.classes >= 2:
             return F.cross_entropy(out, self.quantise(x), reduction="none").mean(dim=1)
-        power = (out - x).abs().pow(self.loss_power).mean(dim=1)
-        similarity = ssim(out.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE), x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE),
+        if self.classes == 1:
+            pixel_loss = F.binary_cross_entropy_with_logits(out, x, reduction="none").mean(dim=1)
+            image = torch.sigmoid(out)
+        else:
+            pixel_loss = (out - x).abs().pow(self.loss_power).mean(dim=1)
+            image = out
+        if not self.ssim:
+            return pixel_loss
+        similarity = ssim(image.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE), x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE),
                           data_range=1.0, size_average=False)
-        return power + (1.0 - similarity)
+        return pixel_loss + (1.0 - similarity)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced reconstruction (thesis Figure 4.2b): each patch predicted from the real patches
+        before it; regression output clipped to [0, 1], the binary target's probability, the likeliest class."""
+        with evaluating(self):
+            out = self(x)
+        if self.classes >= 2:
+            image = self.class_values(out.argmax(dim=1))
+        else:
+            image = torch.sigmoid(out) if self.classes == 1 else out.clamp(0.0, 1.0)
+        return image.view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
     def sample(self, n: int, generator: torch.Generator | None, *, alpha_max: float, p_earlier: float,
                threshold: float, refine: bool, temperature: float, method: str = "incremental") -> torch.Tensor:
-        """n images: the noise sampler for regression, class draws at `temperature` for classification."""
-        if self.classes:
+        """n images: the noise sampler for regression, draws at `temperature` for the class models."""
+        if self.classes >= 2:
             return self.sample_classes(n, generator, temperature=temperature, method=method)
+        if self.classes == 1:
+            return self.sample_binary(n, generator, temperature=temperature, method=method)
         return self.sample_noise(n, generator, alpha_max=alpha_max, p_earlier=p_earlier, threshold=threshold,
                                  refine=refine)
 
@@ -132,7 +168,7 @@ class SarNet(Generator):
         The noise never reaches the stored image. Then one refining pass over the whole image.
         """
         if self.classes:
-            raise ConfigError("sample_noise needs a regression SarNet (classes=0); use sample_classes")
+            raise ConfigError("sample_noise needs a regression SarNet (classes=0); use sample")
         param = self._param()
         stack = self.stack
         patch_index = stack.layers[0].in_patch_index
@@ -159,7 +195,7 @@ class SarNet(Generator):
     def sample_classes(self, n: int, generator: torch.Generator | None, *, temperature: float,
                        method: str = "incremental") -> torch.Tensor:
         """Classification sampler: each pixel's class drawn from softmax(logits / temperature)."""
-        if not self.classes:
+        if self.classes < 2:
             raise ConfigError("sample_classes needs a classification SarNet (classes >= 2)")
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -175,6 +211,26 @@ class SarNet(Generator):
         x0 = self.encode_input(torch.zeros(n, PIXELS, device=param.device, dtype=param.dtype))
         one_hot = generate_autoregressive(self.stack, x0, None, first_patch=1, method=method, emit=emit)
         return self.class_values(one_hot.view(n, classes, PIXELS).argmax(dim=1)).view(n, IMAGE_SIZE, IMAGE_SIZE)
+
+    @torch.no_grad()
+    def sample_binary(self, n: int, generator: torch.Generator | None, *, temperature: float,
+                      method: str = "incremental") -> torch.Tensor:
+        """Binary-target sampler: patch by patch, each pixel white with probability sigmoid(logit / temperature)
+        (uniform draws on the CPU generator, so any device and either method draw the same numbers)."""
+        if self.classes != 1:
+            raise ConfigError("sample_binary needs a binary-target SarNet (classes = 1)")
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        param = self._param()
+
+        def emit(logits: torch.Tensor) -> torch.Tensor:
+            uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+            white = uniform < torch.sigmoid(logits.double() / temperature).cpu()
+            return white.to(logits.device, logits.dtype)
+
+        x0 = torch.zeros(n, PIXELS, device=param.device, dtype=param.dtype)
+        images = generate_autoregressive(self.stack, x0, None, first_patch=1, method=method, emit=emit)
+        return images.view(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
 class ConvEncoder(nn.Module):
@@ -224,6 +280,13 @@ class _VAE(Generator):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         return self.decode(x, z), mu, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded from z = μ (the SarNET VAE teacher-forced by the real image)."""
+        with evaluating(self):
+            recon = self(x)[0]
+        return recon.view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x = batch[0]

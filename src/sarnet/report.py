@@ -1,4 +1,5 @@
-"""The FID table in the layout of the thesis's Table 4.1, its per-set CSV and the FID-vs-latent plot."""
+"""The FID table in the layout of the thesis's Table 4.1, its per-set CSV and the FID-vs-latent plot, and
+the tables of §4.1's simple-SarNET ablations (loss, patch size)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,22 @@ def _thesis(value) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def describe_variant(settings: Mapping) -> str:
+    """A simple SarNET's settings in words: `L1 + SSIM, patch 4`, `4 classes, patch 4`, `binary target + SSIM, patch 4`."""
+    classes, power = int(settings["classes"]), float(settings["loss_power"])
+    if classes >= 2:
+        output = f"{classes} classes"
+    else:
+        output = "binary target" if classes == 1 else {1.0: "L1", 2.0: "MSE"}.get(power, f"|x−y|^{power:g}")
+        output += " + SSIM" if settings["ssim"] else ""
+    return f"{output}, patch {settings['patch']}"
+
+
 def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping,
-                       calibration: tuple[float, float], n_images: int) -> str:
-    """Table 4.1's layout (latent size × family), ours beside the thesis's, then the single models.
+                       calibration: tuple[float, float], n_images: int,
+                       variant_labels: Mapping[str, str] | None = None) -> str:
+    """Table 4.1's layout (latent size × family), ours beside the thesis's, then the single models and
+    the variants (`variant_labels`: a row's name -> its settings in words, for variants of a single model).
 
     `calibration` is (our FID, thesis FID) of the blur σ = 0.5 set: the two classifiers' scales
     differ, and that row is how a reader converts between them.
@@ -77,9 +91,12 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
             lines.append(f"| {label} | {_ours(by_key.get((kind, None)))} | {_thesis(thesis.get(kind))} |")
     for row in (r for r in rows if r.data is not None):
         published = (thesis.get(f"{row.kind}_data") or {}).get(row.data)
-        lines.append(f"| {FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
-                     f"(scored on {row.dataset} test images by the {row.dataset} classifier) | {_ours(row)} | "
-                     f"{_thesis(published)} |")
+        if row.kind in SINGLE_MODELS:
+            label = f"{SINGLE_MODELS[row.kind]} `{row.data}`: {(variant_labels or {}).get(row.name, 'variant')}"
+        else:
+            label = (f"{FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
+                     f"(scored on {row.dataset} test images by the {row.dataset} classifier)")
+        lines.append(f"| {label} | {_ours(row)} | {_thesis(published)} |")
     lines += [
         "",
         f"Scale: blur σ = 0.5 of real test fives scores {ours_blur:.3f} with our classifier and "
@@ -147,3 +164,73 @@ def plot_fid_vs_latent(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _fid_cell(row: FidRow | None) -> str:
+    return "not run" if row is None else f"{row.mean:.3f} ± {row.std:.3f}"
+
+
+def _error(train: Mapping | None, key: str) -> str:
+    return "not run" if train is None else f"{train[key]:.4f}"
+
+
+def ablation_markdown(settings: Mapping[str, Mapping], train: Mapping[str, Mapping], fids: Mapping[str, FidRow],
+                      thesis: Mapping[str, float]) -> str:
+    """§4.1's two ablations of the simple SarNET as Markdown, each with its verdict against the thesis.
+
+    `settings`: each `sarnet_data` variant's full settings (the `sarnet` section with the entry laid over
+    it); `train`: its training metrics (test_mse, test_l1, final_test_loss) where it ran; `fids`: its FID
+    row; `thesis`: the thesis's test error by variant (MSE for loss_power 2, L1 for loss_power 1).
+    Loss table: the variants `thesis` names. Patch table: every L1 + SSIM regression variant, by patch.
+    """
+    lines = ["Simple SarNET, thesis §4.1. Errors are per pixel on the test fives, each patch predicted from "
+             "the real patches before it (teacher forcing, outputs clipped to [0, 1]); FID as in the FID table. "
+             f"Epochs: {', '.join(sorted({str(settings[k]['epochs']) for k in settings}))}.", "",
+             "**Loss.** \"Using SSIM with MSE improved MSE from 0.0354 to 0.0256, and when used with L1 loss, it "
+             "improved L1 from 0.0902 to 0.0647.\"", "",
+             "| variant | loss | test MSE | test L1 | thesis | FID |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    metric = {1.0: ("L1", "test_l1"), 2.0: ("MSE", "test_mse")}
+    for key in thesis:
+        if key not in settings:
+            continue
+        name, _ = metric.get(float(settings[key]["loss_power"]), ("?", None))
+        lines.append(f"| `{key}` | {describe_variant(settings[key]).split(', patch')[0]} | "
+                     f"{_error(train.get(key), 'test_mse')} | {_error(train.get(key), 'test_l1')} | "
+                     f"{name} {thesis[key]:.4f} | {_fid_cell(fids.get(key))} |")
+    lines.append("")
+    for power, (name, field) in metric.items():
+        pair = {bool(settings[k]["ssim"]): k for k in thesis if k in settings
+                and float(settings[k]["loss_power"]) == power and int(settings[k]["classes"]) == 0}
+        if len(pair) < 2:
+            continue
+        without, with_ssim = pair[False], pair[True]
+        if without not in train or with_ssim not in train:
+            lines.append(f"- {name}: not run.")
+            continue
+        ours = (train[without][field], train[with_ssim][field])
+        helps = ours[1] < ours[0]
+        verdict = "as the thesis reports" if helps == (thesis[with_ssim] < thesis[without]) else "unlike the thesis"
+        lines.append(f"- {name}: adding SSIM {'lowers' if helps else 'raises'} our test {name} from {ours[0]:.4f} to "
+                     f"{ours[1]:.4f} (thesis {thesis[without]:.4f} → {thesis[with_ssim]:.4f}): {verdict}.")
+    patch_rows = sorted((int(v["patch"]), k) for k, v in settings.items()
+                        if int(v["classes"]) == 0 and v["ssim"] and float(v["loss_power"]) == 1.0)
+    lines += ["", "**Patch size** (L1 + SSIM). \"With small patches of size 2x2, the MSE or L1 loss can be reduced "
+              "even further … the quality of the generated images was worse.\"", "",
+              "| variant | patch | patch grid | final test loss | test L1 | test MSE | FID |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for patch, key in patch_rows:
+        grid = 28 // patch
+        lines.append(f"| `{key}` | {patch}×{patch} | {grid}×{grid} | {_error(train.get(key), 'final_test_loss')} | "
+                     f"{_error(train.get(key), 'test_l1')} | {_error(train.get(key), 'test_mse')} | "
+                     f"{_fid_cell(fids.get(key))} |")
+    done = [(patch, key) for patch, key in patch_rows if key in train and key in fids]
+    if len(done) >= 2:
+        (small, small_key), others = done[0], done[1:]
+        claims = [(train[small_key]["final_test_loss"] < train[k]["final_test_loss"], fids[small_key].mean > fids[k].mean, p)
+                  for p, k in others]
+        holds = all(lower and worse for lower, worse, _ in claims)
+        details = "; ".join(f"vs patch {p}: loss {'lower' if lower else 'not lower'}, FID {'worse' if worse else 'not worse'}"
+                            for lower, worse, p in claims)
+        lines += ["", f"- Patch {small}: {details}. The thesis's \"lower loss, worse images\" "
+                      f"{'holds' if holds else 'does not hold'} here."]
+    return "\n".join(lines) + "\n"
