@@ -38,6 +38,9 @@ def verbatim(text: str, name: str) -> tuple[str, list[str]]:
     inside = text[start:end]
     first, last = table.splitlines()[0], table.splitlines()[-1]
     i, j = inside.find(first[:40]), inside.find(last[:40])
+    marker = f"<!-- {name}:start -->"
+    if not inside[len(marker):].strip():  # an empty block: --write fills it
+        return text[:start] + f"{marker}\n{table}\n" + text[end:], [f"{name} block: empty, metrics/{name}.md is not in it"]
     if i < 0 or j < 0:
         return text, [f"{name} block: no table to compare (its first or last line is missing)"]
     j = inside.find("\n", j) if inside.find("\n", j) >= 0 else len(inside)

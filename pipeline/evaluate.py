@@ -60,7 +60,7 @@ def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> N
 
     with stage_run(run_name(dvc_stage(kind, latent, data)), params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
                    tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid",
-                         "training_set": data or "default"}) as tracker:
+                         "variant": data or "default"}) as tracker:
         bar = tqdm(total=protocol.sets, desc=f"FID {name}", unit="set")
 
         def on_set(index: int, fid: float) -> None:

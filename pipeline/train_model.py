@@ -18,33 +18,33 @@ from sarnet.tracking import model_reference, stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
 
-def dvc_stage(kind: str, latent: int | None, training_set: str | None) -> str:
+def dvc_stage(kind: str, latent: int | None, variant: str | None) -> str:
     """This run's stage name in dvc.yaml (the MLflow run name outside DVC too)."""
-    if training_set is not None:
-        return f"train_{kind}_data@{training_set}"
+    if variant is not None:
+        return f"train_{kind}_data@{variant}"
     return f"train_{kind}" if latent is None else f"train_{kind}@{latent}"
 
 
 @stage
-def main(kind: str, latent_dim: str | None = None, training_set: str | None = None) -> None:
+def main(kind: str, latent_dim: str | None = None, variant: str | None = None) -> None:
     latent = latent_arg(latent_dim)
-    name = generator_name(kind, latent, training_set)
-    p = model_params(kind, training_set)
+    name = generator_name(kind, latent, variant)
+    p = model_params(kind, variant)
     config = TrainConfig.from_params(p, kind, generator_class(kind).arch_keys + DATA_KEYS)
-    check_data_keys(kind if training_set is None else f"{kind}_data.{training_set}", p)
+    check_data_keys(kind if variant is None else f"{kind}_data.{variant}", p)
     sampling = params("sampling").get(kind, {})
     check_keys(f"sampling.{kind}", sampling, generator_class(kind).sampling_keys, required=True)  # not after training
     prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
     limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)
     test = (to_unit_tensor(prepared.test.images).flatten(1),)
-    out_path = model_path(kind, latent, data=training_set)
+    out_path = model_path(kind, latent, data=variant)
     grid_path = f"metrics/samples/{name}.png"
     reconstruction_path = f"metrics/samples/{name}_reconstruction.png"
 
-    with stage_run(run_name(dvc_stage(kind, latent, training_set)), params=p | {"latent_dim": latent},
+    with stage_run(run_name(dvc_stage(kind, latent, variant)), params=p | {"latent_dim": latent},
                    dataset=p["dataset"], tags={"model": kind, "model.name": name,
-                                               "training_set": training_set or "default"}) as tracker:
+                                               "variant": variant or "default"}) as tracker:
         seed_everything(config.seed)
         model = build_model(kind, p, latent)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,

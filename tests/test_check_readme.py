@@ -9,14 +9,16 @@ import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "check_readme.py"
 TABLE = "FID, mean ± std over sets.\n\n| L | ours |\n| --- | --- |\n| 128 | 5.291 ± 0.239 (50) |\n\nScale: blur σ = 0.5 scores 8.011."
+ABLATION = "Simple SarNET, thesis §4.1.\n\n| variant | test MSE |\n| --- | ---: |\n| `mse` | 0.0300 |\n\n- MSE: as the thesis reports."
 
 
-def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE) -> Path:
+def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"sarnet": {"epochs": 500}, "sarnet_vae": {"epochs": 200}, "sarnet_vae_data": {"fashion": {"epochs": 20}}}))
     for folder in ("train", "timing/train"):
         (tmp_path / "metrics" / folder).mkdir(parents=True)
     (tmp_path / "metrics" / "fid_table.md").write_text(fid_table + "\n")
+    (tmp_path / "metrics" / "sarnet_ablation.md").write_text(ABLATION + "\n")
     for name, loss in (("sarnet_vae_L128", 80.4412), ("sarnet", 0.29312), ("sarnet_vae_fashion_L128", 224.63)):
         (tmp_path / "metrics" / "train" / f"{name}.json").write_text(json.dumps(
             {"final_train_loss": loss, "final_test_loss": 100.3, "best_test_loss": 92.14, "best_test_epoch": 45}))
@@ -25,7 +27,8 @@ def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE) -> P
     (tmp_path / "README.md").write_text(
         "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + TABLE + "\n\n**Reading it.** prose\n<!-- fid_table:end -->\n"
         "<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        + "\n".join(readme_rows) + "\n<!-- training:end -->\n")
+        + "\n".join(readme_rows) + "\n<!-- training:end -->\n"
+        "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n")
     return tmp_path
 
 
@@ -56,3 +59,15 @@ def test_a_stale_number_or_table_fails_and_write_repairs_it_keeping_the_prose(tm
     assert ROWS[0] in text and ROWS[2] in text and "4.000" in text and "5.291" not in text
     assert "**Reading it.** prose" in text and "80.7 / 105.9" in text
     assert run(path).returncode == 0
+
+
+def test_the_ablation_block_is_filled_when_empty_and_repaired_when_stale(tmp_path):
+    for block in ("", ABLATION.replace("0.0300", "0.0400")):
+        (tmp_path / str(len(block))).mkdir()
+        path = project(tmp_path / str(len(block)), ROWS, ablation_block=block)
+        result = run(path)
+        assert result.returncode == 1 and "sarnet_ablation block" in result.stdout
+        assert run(path, "--write").returncode == 0
+        text = (path / "README.md").read_text()
+        assert ABLATION in text and "0.0400" not in text and text.count("<!-- sarnet_ablation:start -->") == 1
+        assert run(path).returncode == 0

@@ -261,6 +261,9 @@ def test_scripts_spell_their_dvc_stage_names_like_dvc():
     for key, v in params["sarnet_vae_data"].items():
         spelled |= {train_model.dvc_stage("sarnet_vae", v["latent_dim"], key),
                     evaluate.dvc_stage("sarnet_vae", v["latent_dim"], key)}
+    for key in params["sarnet_data"]:
+        spelled |= {train_model.dvc_stage("sarnet", None, key), evaluate.dvc_stage("sarnet", None, key)}
+    assert len(spelled) == 2 * len(params["latent_dims"]) * 2 + 3 + 2 * len(params["sarnet_vae_data"]) + 2 * len(params["sarnet_data"])
     with Repo(str(ROOT)) as repo:
         names = {stage.name for stage in repo.index.stages}
     assert spelled <= names, spelled - names
