@@ -1,8 +1,9 @@
 """Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (docs/protocol.md "FID protocol").
 
-Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim [training_set]]
-A model trained on another training set is scored against that set's test images with that
-dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
+Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim [variant]]
+(variant: a key of params.yaml's `<kind>_data`; `-` for the latent size of a model without one:
+`evaluate.py sarnet - mse`). A model trained on another training set is scored against that set's
+test images with that dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
 are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
 the real images (the model section's dataset and digit).
 Writes metrics/fid/<name>.json (mean, std, set counts), metrics/fid/sets/<name>.json (the per-set FIDs),
