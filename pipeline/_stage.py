@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sarnet.data import dataset_spec
 from sarnet.errors import SarnetError
 from sarnet.files import write_json
+from sarnet.params import read_params_file
 from sarnet.tracking import end_experiment_parent
 
 PARAMS_FILE = Path("params.yaml")
@@ -64,14 +63,8 @@ def write_timing(name: str, timings: dict[str, float] | None = None) -> dict[str
 
 def params(section: str) -> Any:
     """One top-level section of params.yaml."""
-    try:
-        with PARAMS_FILE.open() as fh:
-            all_params = yaml.safe_load(fh) or {}
-    except FileNotFoundError:
-        raise SarnetError(f"{PARAMS_FILE} not found: run stages from the project root") from None
-    except yaml.YAMLError as exc:
-        raise SarnetError(f"{PARAMS_FILE}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(all_params, dict) or section not in all_params:
+    all_params = read_params_file(PARAMS_FILE, hint="run stages from the project root")
+    if section not in all_params:
         raise SarnetError(f"{PARAMS_FILE}: no '{section}' section")
     return all_params[section]
 

@@ -144,7 +144,7 @@ def test_missing_or_invalid_params_file_is_a_one_line_error(tmp_path, monkeypatc
         helpers.params("prepare")
     assert "\n" not in str(info.value)
     (tmp_path / "params.yaml").unlink()
-    with pytest.raises(SarnetError, match="params.yaml not found") as info:
+    with pytest.raises(SarnetError, match="params.yaml: params file not found") as info:
         helpers.params("prepare")
     assert "\n" not in str(info.value)
 
@@ -154,7 +154,7 @@ def test_unknown_training_set_is_a_one_line_error_before_training(tmp_path):
                        params={"sarnet_vae": {"dataset": "mnist", "digit": 5, "train_limit": None},
                                "sarnet_vae_data": {"fashion": {"dataset": "fashion"}}})
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no training set 'boots' under `sarnet_vae_data` (have: fashion)"
+    assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no variant 'boots' under `sarnet_vae_data` (have: fashion)"
     assert not (tmp_path / "models").exists()
 
 

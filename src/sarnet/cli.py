@@ -113,21 +113,9 @@ def _ui(args: argparse.Namespace) -> None:
 
 def _read_params(path: str) -> dict:
     """The whole params file (sampling settings and figure defaults come from it); one-line errors."""
-    from pathlib import Path
+    from sarnet.params import read_params_file
 
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise SarnetError(f"{path}: params file not found (pass --params, or run from the project root)") from None
-    except IsADirectoryError:
-        raise SarnetError(f"{path}: a directory, not a params file") from None
-    except yaml.YAMLError as exc:
-        raise SarnetError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(loaded, dict):
-        raise SarnetError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-    return loaded
+    return read_params_file(path, hint="pass --params, or run from the project root")
 
 
 def _section(params: dict, path: str, *keys: str) -> dict:

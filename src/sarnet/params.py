@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sarnet.errors import ConfigError
+
+
+def read_params_file(path: str | os.PathLike, hint: str) -> dict[str, Any]:
+    """A whole params file as a mapping of sections; a missing, unreadable or malformed file is one line
+    (`hint` says where the file should come from)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found ({hint})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a params file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    return loaded
 
 
 def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str],
