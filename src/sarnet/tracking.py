@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,20 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self._call("log_metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+
+    def log_series(self, series: Mapping[str, Sequence[float]], first_step: int) -> None:
+        """Each named series as one metric at steps first_step, first_step + 1, …; batched, since a
+        GAN's per-step losses are thousands of points (MLflow takes 1,000 metrics per request)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(value), now, first_step + i) for name, values in series.items()
+                 for i, value in enumerate(values)]
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            self._call("log_series", lambda: self._client.log_batch(self.run_id, metrics=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled:  # untracked (or no mlflow installed): nothing to import or send

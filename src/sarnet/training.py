@@ -4,6 +4,10 @@ Seeded and deterministic on CPU, a progress bar, per-epoch losses to a tracker a
 plots file), a checkpoint after every epoch, resumption from it when a killed run is started
 again with the same configuration, and a clear stop on a NaN loss that keeps the last good
 checkpoint. Shuffling depends only on (seed, epoch), so a resumed run matches an uninterrupted one.
+
+What one step does is a `TrainingStep`: by default one optimiser on the per-sample loss
+(`GradientStep`); a model that trains otherwise (the GANs: a discriminator and a generator step)
+owns its step, `model.training_step(config, total_steps)`, and the loop around it stays the same.
 """
 
 from __future__ import annotations
@@ -39,12 +43,28 @@ class EpochLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
 
+class NonFiniteLoss(Exception):
+    """Raised by a step before it updates anything: a loss is NaN or infinite, or a layer's output is."""
+
+
+class TrainingStep(Protocol):
+    """One optimisation step on a batch; it owns the optimisers and schedulers a checkpoint keeps."""
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Update the model; the detached per-sample losses by name (the first is the epoch's train loss)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 def _check_types(section: str, values: dict[str, Any]) -> None:
     """Integers where counts are meant, finite numbers for rates, before any work."""
     for name in ("epochs", "batch_size", "seed"):
         if name in values:
             check_int(section, name, values[name])
-    for name in ("lr", "momentum", "weight_decay"):
+    for name in ("lr", "momentum", "weight_decay", "beta1"):
         if name in values:
             check_number(section, name, values[name])
 
@@ -60,6 +80,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (per step, to zero at the end)
     reduction: str = "mean"  # per-sample losses -> objective: mean | sum (the VAEs' "sum" losses)
     seed: int = 0
+    beta1: float = 0.9  # Adam's first-moment decay (torch's default; the GANs use 0.5)
 
     def __post_init__(self) -> None:
         _check_types("TrainConfig", asdict(self))
@@ -67,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.beta1 < 1:
+            raise ConfigError(f"beta1 must be in [0, 1), got {self.beta1}")
         for name, value, allowed in (("optimizer", self.optimizer, ("adam", "sgd")),
                                      ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
                                      ("reduction", self.reduction, ("mean", "sum"))):
@@ -119,14 +142,17 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser `config` names, over `module`'s parameters."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     # fused: one kernel for the whole update, ~1.5× faster steps for the SarNET VAE on CPU, same maths
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return torch.optim.Adam(module.parameters(), lr=config.lr, betas=(config.beta1, 0.999),
+                            weight_decay=config.weight_decay, fused=True)
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule `config` names, over `steps` optimiser steps."""
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -137,8 +163,15 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
-def _objective(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_losses(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses -> the objective a step minimises (`mean` or `sum` over the batch)."""
     return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def check_finite(objective: torch.Tensor) -> None:
+    """NonFiniteLoss unless the objective is finite (checked before the step updates anything)."""
+    if not torch.isfinite(objective):
+        raise NonFiniteLoss
 
 
 @torch.no_grad()
@@ -167,16 +200,25 @@ def write_history_csv(path: Path, history: list[EpochRecord]) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
-                     history: list[EpochRecord], fingerprint: str) -> None:
+def write_step_csv(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+    """Per-step mean losses as CSV (`step` from 1, then one column per loss): a DVC plots file."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", *names])
+    for row in rows:
+        writer.writerow([int(row[0]), *(f"{v:.6g}" for v in row[1:])])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def _save_checkpoint(run: "_Run", epoch: int, fingerprint: str) -> None:
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": [asdict(r) for r in history],
+        "model": run.model.state_dict(),
+        "step": run.step.state_dict(),
+        "history": [asdict(r) for r in run.history],
+        "step_losses": {"names": list(run.step_names), "rows": run.step_rows},
         "rng": torch.get_rng_state(),
     }
     buffer = io.BytesIO()  # serialised in memory, so a full disk is a plain OSError, not a torch archive error
@@ -211,15 +253,16 @@ class _Run:
     """What one training run carries from epoch to epoch."""
 
     model: nn.Module
-    loss_fn: PerSampleLoss
+    step: TrainingStep
     train_data: Sequence[torch.Tensor]
     config: TrainConfig
     device: torch.device
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     checkpoint_path: Path
     progress: bool
+    keep_steps: bool  # per-step losses kept (the GANs' DVC plot), not only per-epoch means
     history: list[EpochRecord] = field(default_factory=list)
+    step_names: list[str] = field(default_factory=list)
+    step_rows: list[list[float]] = field(default_factory=list)  # [step, loss means...] per step
 
 
 def _resume(run: _Run, fingerprint: str) -> int:
@@ -229,10 +272,10 @@ def _resume(run: _Run, fingerprint: str) -> int:
         return 0
     try:
         run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
+        run.step.load_state_dict(state["step"])
         torch.set_rng_state(state["rng"])
         run.history = [EpochRecord(**r) for r in state["history"]]
+        run.step_names, run.step_rows = list(state["step_losses"]["names"]), list(state["step_losses"]["rows"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         _set_aside(run.checkpoint_path, f"does not restore ({type(exc).__name__})")
         return 0
@@ -268,58 +311,109 @@ def _forward_is_non_finite(model: nn.Module, loss_fn: PerSampleLoss, batch: tupl
     return bool(found)
 
 
-def _train_epoch(run: _Run, epoch: int) -> float:
-    """One pass over the training data (0-based `epoch`); the mean per-sample loss.
+def guarded_loss(model: nn.Module, loss_fn: PerSampleLoss, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """loss_fn(model, batch); a loss that raises because some layer's output is non-finite (e.g. BCE
+    refusing the NaN outputs of diverged weights) is NonFiniteLoss, any other error itself."""
+    try:
+        return loss_fn(model, batch)
+    except RuntimeError:
+        if not _forward_is_non_finite(model, loss_fn, batch):
+            raise
+        raise NonFiniteLoss from None
+
+
+class GradientStep:
+    """The default step: one optimiser (and schedule) on the batch's per-sample loss, reduced by `config.reduction`."""
+
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, config: TrainConfig, total_steps: int) -> None:
+        self.model, self.loss_fn, self.reduction = model, loss_fn, config.reduction
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = make_scheduler(self.optimizer, config, total_steps)
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        losses = guarded_loss(self.model, self.loss_fn, batch)
+        objective = reduce_losses(losses, self.reduction)
+        check_finite(objective)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": losses.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _training_step(model: nn.Module, loss_fn: PerSampleLoss | None, config: TrainConfig, total_steps: int) -> TrainingStep:
+    """The model's own step if it has one (two optimisers for a GAN), else one optimiser on `loss_fn`."""
+    own = getattr(model, "training_step", None)
+    if callable(own):
+        return own(config, total_steps)
+    if loss_fn is None:
+        raise ConfigError(f"{type(model).__name__} has no training_step of its own, so fit needs a loss function")
+    return GradientStep(model, loss_fn, config, total_steps)
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the training data (0-based `epoch`); each loss's mean per sample, by name.
     Shuffling depends only on (seed, epoch), so a resumed run matches an uninterrupted one."""
     config, n = run.config, len(run.train_data[0])
     run.model.train()
     shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    total, count = 0.0, 0
+    totals: dict[str, float] = {}
+    count = 0
     bar = tqdm(_batches(n, config.batch_size, shuffle), desc=f"epoch {epoch + 1}/{config.epochs}",
                disable=not run.progress, leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     for step, idx in enumerate(bar):
         batch = tuple(t[idx].to(run.device, non_blocking=True) for t in run.train_data)
         try:
-            losses = run.loss_fn(run.model, batch)
-        except RuntimeError:  # e.g. BCE refusing the NaN outputs of diverged weights
-            if not _forward_is_non_finite(run.model, run.loss_fn, batch):
-                raise
+            losses = run.step(batch)
+        except NonFiniteLoss:
             raise _diverged(run, epoch, step) from None
-        objective = _objective(losses, config.reduction)
-        if not torch.isfinite(objective):
-            raise _diverged(run, epoch, step)
-        run.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        run.optimizer.step()
-        run.scheduler.step()
-        total += float(losses.detach().sum())
+        for name, values in losses.items():
+            totals[name] = totals.get(name, 0.0) + float(values.sum())
         count += len(idx)
+        if run.keep_steps:
+            run.step_names = list(losses)
+            run.step_rows.append([len(run.step_rows) + 1, *(float(v.mean()) for v in losses.values())])
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{total / count:.4g}", refresh=False)
+            bar.set_postfix({name: f"{total / count:.4g}" for name, total in totals.items()}, refresh=False)
     bar.close()
-    return total / count
+    return {name: total / count for name, total in totals.items()}
 
 
 def _end_epoch(run: _Run, record: EpochRecord, fingerprint: str, history_path: Path | None,
-               logger: EpochLogger | None) -> None:
-    """Checkpoint, history CSV, tracker and console line after an epoch."""
+               step_history_path: Path | None, logger: EpochLogger | None, steps_before: int) -> None:
+    """Checkpoint, history CSVs, tracker and console line after an epoch."""
     run.history.append(record)
-    _save_checkpoint(run.checkpoint_path, run.model, run.optimizer, run.scheduler, record.epoch, run.history, fingerprint)
+    _save_checkpoint(run, record.epoch, fingerprint)
     if history_path is not None:
         write_history_csv(history_path, run.history)
+    if step_history_path is not None:
+        write_step_csv(step_history_path, run.step_names, run.step_rows)
     if logger is not None:
-        metrics = {"train_loss": record.train_loss, "epoch_seconds": record.seconds}
+        metrics = {"train_loss": record.train_loss, "epoch_seconds": record.seconds, **record.extra}
         if record.test_loss is not None:
             metrics["test_loss"] = record.test_loss
         logger.log_metrics(metrics, step=record.epoch)
+        log_series = getattr(logger, "log_series", None)  # the epoch's per-step losses in one call, if it can
+        if run.keep_steps and callable(log_series):
+            rows = run.step_rows[steps_before:]
+            log_series({f"step_{name}": [row[1 + i] for row in rows] for i, name in enumerate(run.step_names)},
+                       first_step=steps_before + 1)
     test_text = "" if record.test_loss is None else f"  test {record.test_loss:.5g}"
-    print(f"epoch {record.epoch}/{run.config.epochs}  train {record.train_loss:.5g}{test_text}  ({record.seconds:.1f}s)",
-          file=sys.stderr)
+    extra_text = "".join(f"  {name} {value:.5g}" for name, value in record.extra.items())
+    print(f"epoch {record.epoch}/{run.config.epochs}  train {record.train_loss:.5g}{extra_text}{test_text}  "
+          f"({record.seconds:.1f}s)", file=sys.stderr)
 
 
 def fit(
     model: nn.Module,
-    loss_fn: PerSampleLoss,
+    loss_fn: PerSampleLoss | None,
     train_data: Sequence[torch.Tensor],
     config: TrainConfig,
     checkpoint_path: str | Path,
@@ -329,29 +423,35 @@ def fit(
     logger: EpochLogger | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    step_history_path: str | Path | None = None,
 ) -> list[EpochRecord]:
     """Train `model` in place; write it as a model file (model_files.save_model) to `final_path` and
     return the per-epoch history.
 
-    The checkpoint at `checkpoint_path` is written after every epoch and removed once
-    `final_path` is written; if it exists at the start with the same configuration, training
-    resumes after its last epoch.
+    Each step is the model's own `training_step(config, total_steps)` if it has one, else one
+    optimiser on `loss_fn`; `loss_fn` also gives the test loss (none without it). The checkpoint at
+    `checkpoint_path` is written after every epoch and removed once `final_path` is written; if it
+    exists at the start with the same configuration, training resumes after its last epoch. With
+    `step_history_path`, every step's mean losses are kept, written there and sent to the logger.
     """
     describe(model)  # a model that cannot be saved fails now, not after its last epoch
     device = device or default_device()
     model.to(device)
     steps = config.epochs * -(-len(train_data[0]) // config.batch_size)
-    optimizer = _make_optimizer(model, config)
-    run = _Run(model, loss_fn, train_data, config, device, optimizer, _make_scheduler(optimizer, config, steps),
-               Path(checkpoint_path), progress)
+    run = _Run(model, _training_step(model, loss_fn, config, steps), train_data, config, device,
+               Path(checkpoint_path), progress, keep_steps=step_history_path is not None)
     history_path = None if history_path is None else Path(history_path)
+    step_history_path = None if step_history_path is None else Path(step_history_path)
     fingerprint = run_fingerprint(config, model, (train_data, test_data))
     for epoch in range(_resume(run, fingerprint), config.epochs):
-        started = time.perf_counter()
-        train_loss = _train_epoch(run, epoch)
-        test_loss = evaluate_loss(model, loss_fn, test_data, config.batch_size * 4, device) if test_data else None
-        _end_epoch(run, EpochRecord(epoch + 1, train_loss, test_loss, time.perf_counter() - started),
-                   fingerprint, history_path, logger)
+        started, steps_before = time.perf_counter(), len(run.step_rows)
+        means = _train_epoch(run, epoch)
+        first, *others = means
+        test_loss = (evaluate_loss(model, loss_fn, test_data, config.batch_size * 4, device)
+                     if test_data and loss_fn is not None else None)
+        record = EpochRecord(epoch + 1, means[first], test_loss, time.perf_counter() - started,
+                             {name: means[name] for name in others})
+        _end_epoch(run, record, fingerprint, history_path, step_history_path, logger, steps_before)
     if history_path is not None and not run.history:
         write_history_csv(history_path, run.history)
     save_model(model, final_path)
