@@ -21,7 +21,8 @@ import yaml
 
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
-from sarnet.models import SarNetVAE, build_model
+from sarnet.models import SarNetVAE
+from sarnet.registry import build_model
 from sarnet.training import TrainConfig, fit, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from sarnet.models import build_model
+from sarnet.registry import build_model
 from sarnet.training import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]

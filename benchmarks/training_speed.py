@@ -30,7 +30,10 @@ IMAGES = 5421  # the training fives
 STEP_SCRIPT = r"""
 import json, sys, tempfile
 import torch
-from sarnet.models import build_model
+try:
+    from sarnet.registry import build_model
+except ImportError:  # a baseline tree from before the registry
+    from sarnet.models import build_model
 from sarnet.training import TrainConfig, fit, seed_everything
 kind, section, latent, epochs, device = json.loads(sys.argv[1])
 seed_everything(0)

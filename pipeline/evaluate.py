@@ -1,8 +1,9 @@
 """Stage `evaluate_*`: one generator's FID over `sets` sets of 10k images (docs/protocol.md "FID protocol").
 
 Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [latent_dim [variant]]
+       python pipeline/evaluate.py baseline <name>
 (variant: a key of params.yaml's `<kind>_data`; `-` for the latent size of a model without one:
-`evaluate.py sarnet - mse`). A model trained on another training set is scored against that set's
+`evaluate.py sarnet - mse`; name: a key of `baselines`). A model trained on another training set is scored against that set's
 test images with that dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
 are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
 the real images (the model section's dataset and digit).
@@ -11,7 +12,8 @@ its timings and a sample grid; no image set is kept. The FID is also logged onto
 trained the model, beside its hyperparameters.
 """
 
-from _stage import latent_arg, model_params, params, run_name, stage, write_results
+from _model_spec import model_spec
+from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
 
 from sarnet.data import load_prepared, to_unit_tensor
@@ -23,22 +25,14 @@ from sarnet.files import write_json
 from sarnet.generators import load_generator
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
-from sarnet.names import generator_name, model_path
 from sarnet.params import check_int, check_keys
 from sarnet.tracking import log_on_training_run, stage_run
 
 
-def dvc_stage(kind: str, latent: int | None, data: str | None) -> str:
-    """This run's stage name in dvc.yaml (the MLflow run name outside DVC too)."""
-    if data is not None:
-        return f"evaluate_{kind}_data@{data}"
-    return f"evaluate@{kind}" if latent is None else f"evaluate_vae@{kind}-{latent}"
-
-
 @stage
-def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> None:
-    latent = latent_arg(latent_dim)
-    name = generator_name(kind, latent, data)
+def main(*args: str) -> None:
+    spec = model_spec(*args)
+    kind, latent, data, name = spec.kind, spec.latent, spec.variant, spec.name
     p = params("evaluate")
     check_keys("evaluate", p, ("n_images", "sets", "sets_by_latent", "seed"), required=True)
     for key in ("n_images", "sets", "seed"):
@@ -47,21 +41,21 @@ def main(kind: str, latent_dim: str | None = None, data: str | None = None) -> N
         raise ConfigError(f"params.yaml: `evaluate.sets_by_latent` must map latent sizes to set counts, got {p['sets_by_latent']!r}")
     for key, value in p["sets_by_latent"].items():
         check_int("evaluate.sets_by_latent", str(key), value, minimum=1)
-    gen_params = model_params(kind, data)
-    # Table 4.1 used more sets for some latent sizes; other training sets (Fashion: 10) use `sets`.
-    sets = p["sets"] if data is not None else p["sets_by_latent"].get(latent, p["sets"])
+    gen_params = spec.params
+    # Table 4.1 used more sets for some latent sizes; variants (Fashion: 10) and baselines use `sets`.
+    sets = p["sets"] if data is not None or spec.baseline else p["sets_by_latent"].get(latent, p["sets"])
     protocol = FidProtocol(p["n_images"], sets, p["seed"])
     dataset, digit = gen_params["dataset"], gen_params["digit"]
     real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
     device = default_device()
     classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
-    generator_path = model_path(kind, latent, data=data)
+    generator_path = spec.model_path
     _, generate = load_generator(generator_path, params("sampling"), device=device)
     grid_path = f"metrics/fid/samples/{name}.png"
 
-    with stage_run(run_name(dvc_stage(kind, latent, data)), params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
+    with stage_run(run_name(spec.dvc_stage("evaluate")), params={"protocol": p, "sets": protocol.sets}, dataset=dataset,
                    tags={"model": kind, "latent_dim": latent if latent is not None else "none", "evaluation": "fid",
-                         "variant": data or "default"}) as tracker:
+                         "variant": data or "default", "baseline": spec.baseline}) as tracker:
         bar = tqdm(total=protocol.sets, desc=f"FID {name}", unit="set")
 
         def on_set(index: int, fid: float) -> None:

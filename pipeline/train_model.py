@@ -1,76 +1,76 @@
-"""Stage `train_<kind>[@L]`: SarNET, SarNET VAE or conv VAE on one dataset, through the shared loop.
+"""Stage `train_<kind>[@L]`, `train_<kind>_data@<variant>`, `train_baseline@<name>`: one generator on
+one dataset, through the shared loop.
 
 Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [variant]]
-(variant: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`, `sarnet - mse`)
-Writes the model file, its samples and its reconstructions of the first 20 test images (original
-and reconstruction side by side), and the test images' reconstruction errors (`test_mse`, `test_l1`).
+       python pipeline/train_model.py baseline <name>
+(variant: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`, `sarnet - mse`;
+name: a key of `baselines`, e.g. `baseline dcgan`)
+Writes the model file, its samples and, for a model that can reconstruct, the test images'
+reconstruction errors (`test_mse`, `test_l1`) and, for the thesis's models, a grid of the first 20
+test images each followed by its reconstruction. A baseline also keeps its per-step losses
+(metrics/train/<name>_steps.csv: a GAN's two players move every step).
 """
 
 import torch
-from _stage import DATA_KEYS, latent_arg, model_params, params, run_name, stage, write_results
+from _model_spec import model_spec
+from _stage import DATA_KEYS, params, run_name, stage, write_results
 
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.figures import save_grid
-from sarnet.models import build_model, generator_class
-from sarnet.names import generator_name, model_path
 from sarnet.params import check_data_keys, check_keys
+from sarnet.registry import build_model, generator_class
 from sarnet.tracking import model_reference, stage_run
 from sarnet.training import TrainConfig, fit, seed_everything
 
 
-def dvc_stage(kind: str, latent: int | None, variant: str | None) -> str:
-    """This run's stage name in dvc.yaml (the MLflow run name outside DVC too)."""
-    if variant is not None:
-        return f"train_{kind}_data@{variant}"
-    return f"train_{kind}" if latent is None else f"train_{kind}@{latent}"
-
-
 @stage
-def main(kind: str, latent_dim: str | None = None, variant: str | None = None) -> None:
-    latent = latent_arg(latent_dim)
-    name = generator_name(kind, latent, variant)
-    p = model_params(kind, variant)
-    config = TrainConfig.from_params(p, kind, generator_class(kind).arch_keys + DATA_KEYS)
-    check_data_keys(kind if variant is None else f"{kind}_data.{variant}", p)
+def main(*args: str) -> None:
+    spec = model_spec(*args)
+    kind, name, p = spec.kind, spec.name, spec.params
+    config = TrainConfig.from_params(p, spec.section, generator_class(kind).arch_keys + DATA_KEYS)
+    check_data_keys(spec.section, p)
     sampling = params("sampling").get(kind, {})
     check_keys(f"sampling.{kind}", sampling, generator_class(kind).sampling_keys, required=True)  # not after training
     prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
     limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)
     test = (to_unit_tensor(prepared.test.images).flatten(1),)
-    out_path = model_path(kind, latent, data=variant)
     grid_path = f"metrics/samples/{name}.png"
     reconstruction_path = f"metrics/samples/{name}_reconstruction.png"
+    steps_path = f"metrics/train/{name}_steps.csv" if spec.baseline else None
 
-    with stage_run(run_name(dvc_stage(kind, latent, variant)), params=p | {"latent_dim": latent},
-                   dataset=p["dataset"], tags={"model": kind, "model.name": name,
-                                               "variant": variant or "default"}) as tracker:
+    with stage_run(run_name(spec.dvc_stage("train")), params=p | {"latent_dim": spec.latent}, dataset=p["dataset"],
+                   tags={"model": kind, "model.name": name, "variant": spec.variant or "default",
+                         "baseline": spec.baseline}) as tracker:
         seed_everything(config.seed)
-        model = build_model(kind, p, latent)
+        model = build_model(kind, p, spec.latent)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,
-                      checkpoint_path=f"checkpoints/{name}.pt", final_path=out_path, test_data=test,
-                      history_path=f"metrics/train/{name}_history.csv", logger=tracker)
+                      checkpoint_path=f"checkpoints/{name}.pt", final_path=spec.model_path, test_data=test,
+                      history_path=f"metrics/train/{name}_history.csv", logger=tracker, step_history_path=steps_path)
         model.cpu().eval()
         save_grid(model.generate(100, config.seed, sampling), grid_path)
-        reconstructed = model.reconstruct(test[0]).flatten(1)
-        pairs = torch.stack([test[0][:20], reconstructed[:20]], dim=1).view(-1, 28, 28)
-        save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
         best = min(history, key=lambda r: r.test_loss)
         metrics = {
             "final_train_loss": round(history[-1].train_loss, 4),
             "final_test_loss": round(history[-1].test_loss, 4),
             "best_test_loss": round(best.test_loss, 4),
             "best_test_epoch": best.epoch,
-            "test_mse": round(float((reconstructed - test[0]).pow(2).mean()), 5),  # per pixel, the test images
-            "test_l1": round(float((reconstructed - test[0]).abs().mean()), 5),
             "train_images": len(train[0]),
+            **{f"final_{key}": round(value, 4) for key, value in history[-1].extra.items()},  # e.g. a GAN's g_loss
         }
+        if model.reconstructs:
+            reconstructed = model.reconstruct(test[0]).flatten(1)
+            metrics["test_mse"] = round(float((reconstructed - test[0]).pow(2).mean()), 5)  # per pixel, test images
+            metrics["test_l1"] = round(float((reconstructed - test[0]).abs().mean()), 5)
+            if not spec.baseline:
+                pairs = torch.stack([test[0][:20], reconstructed[:20]], dim=1).view(-1, 28, 28)
+                save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
+                tracker.log_artifact(reconstruction_path, "samples")
         timing = write_results(f"train/{name}", metrics,
                                {"seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 3)})
         tracker.log_metrics(metrics | timing)
-        tracker.set_tags(model_reference(out_path))  # the weights stay in DVC's cache; MLflow keeps their address
+        tracker.set_tags(model_reference(spec.model_path))  # the weights stay in DVC's cache; MLflow keeps their address
         tracker.log_artifact(grid_path, "samples")
-        tracker.log_artifact(reconstruction_path, "samples")
         tracker.log_artifact(f"metrics/train/{name}_history.csv")
         print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "
               f"(best test {metrics['best_test_loss']} at epoch {best.epoch}); samples in {grid_path}")

@@ -14,7 +14,8 @@ from sarnet.classifier import MnistClassifier
 from sarnet.errors import ConfigError
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX, save_model
-from sarnet.models import ConvVAE, SarNet, SarNetVAE, build_model
+from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.registry import build_model
 from sarnet.semidense import SemiDense
 from reference import HIDDEN, PATCH, SAMPLING, reference_sample, sarnet, spread_vae, unit_patches, vae
 

@@ -248,22 +248,18 @@ def test_scripts_spell_their_dvc_stage_names_like_dvc():
 
     sys.path.insert(0, str(ROOT / "pipeline"))
     try:
-        import evaluate
-        import train_model
+        from _model_spec import ModelSpec
     finally:
         sys.path.remove(str(ROOT / "pipeline"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    spelled = {train_model.dvc_stage("sarnet", None, None), evaluate.dvc_stage("sarnet", None, None),
-               evaluate.dvc_stage("gen_xgboost", None, None)}
-    for L in params["latent_dims"]:
-        spelled |= {train_model.dvc_stage(k, L, None) for k in ("sarnet_vae", "conv_vae")}
-        spelled |= {evaluate.dvc_stage(k, L, None) for k in ("sarnet_vae", "conv_vae")}
-    for key, v in params["sarnet_vae_data"].items():
-        spelled |= {train_model.dvc_stage("sarnet_vae", v["latent_dim"], key),
-                    evaluate.dvc_stage("sarnet_vae", v["latent_dim"], key)}
-    for key in params["sarnet_data"]:
-        spelled |= {train_model.dvc_stage("sarnet", None, key), evaluate.dvc_stage("sarnet", None, key)}
-    assert len(spelled) == 2 * len(params["latent_dims"]) * 2 + 3 + 2 * len(params["sarnet_vae_data"]) + 2 * len(params["sarnet_data"])
+    specs = [ModelSpec("sarnet", None, None, "sarnet", {}, "sarnet"), ModelSpec("gen_xgboost", None, None, "gen_xgboost", {}, "")]
+    specs += [ModelSpec(k, L, None, f"{k}_L{L}", {}, k) for k in ("sarnet_vae", "conv_vae") for L in params["latent_dims"]]
+    specs += [ModelSpec("sarnet_vae", v["latent_dim"], key, "", {}, "") for key, v in params["sarnet_vae_data"].items()]
+    specs += [ModelSpec("sarnet", None, key, "", {}, "") for key in params["sarnet_data"]]
+    specs += [ModelSpec(v["kind"], v.get("latent_dim"), None, key, {}, "", baseline=True) for key, v in params["baselines"].items()]
+    spelled = {spec.dvc_stage(action) for spec in specs for action in ("train", "evaluate")}
+    spelled.discard("train_gen_xgboost")  # its training is train_xgboost, a script of its own
+    assert len(spelled) == 2 * len(specs) - 1
     with Repo(str(ROOT)) as repo:
         names = {stage.name for stage in repo.index.stages}
     assert spelled <= names, spelled - names

@@ -192,7 +192,7 @@ def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from sarnet.models import GENERATOR_CLASSES
+    from sarnet.registry import GENERATOR_CLASSES
 
     if args.n < 1:
         raise SarnetError(f"-n must be >= 1, got {args.n}")

@@ -1,6 +1,6 @@
 """The one loader: any model file of the project -> the model it describes, with its weights.
 
-Used by the pipeline and the CLI alike; the kinds it knows are the generator classes of models.py
+Used by the pipeline and the CLI alike; the kinds it knows are the generator classes of registry.py
 and the FID classifier.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 from sarnet.classifier import MnistClassifier
 from sarnet.errors import ConfigError, DataError
 from sarnet.model_files import load_weights, read_description
-from sarnet.models import GENERATOR_CLASSES
+from sarnet.registry import GENERATOR_CLASSES
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {**GENERATOR_CLASSES, MnistClassifier.kind: MnistClassifier}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from sarnet.errors import ConfigError
 from sarnet.model_files import SUFFIX
 
-GENERATOR_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost")
-LATENT_KINDS = ("sarnet_vae", "conv_vae")
+GENERATOR_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost", "beta_vae", "gan_mlp", "dcgan")
+LATENT_KINDS = ("sarnet_vae", "conv_vae", "beta_vae")
 _NAME = re.compile(r"[a-z0-9]+(_[a-z0-9]+)*")
 
 
