@@ -57,21 +57,29 @@ if len(table) != 2 + len(rows):
 
 VARIANTS = PARAMS["sarnet_vae_data"]  # the SarNET VAE on other training sets
 SARNET_VARIANTS = PARAMS["sarnet_data"]  # §4.1's simple SarNET variants
+BASELINES = PARAMS["baselines"]  # the seeds' other generators
 epochs = {"sarnet": PARAMS["sarnet"]["epochs"]}
 epochs |= {f"sarnet_{key}": v.get("epochs", PARAMS["sarnet"]["epochs"]) for key, v in SARNET_VARIANTS.items()}
+epochs |= {name: v["epochs"] for name, v in BASELINES.items()}
 epochs |= {f"{kind}_L{L}": PARAMS[kind]["epochs"] for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
 epochs |= {f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("epochs", PARAMS["sarnet_vae"]["epochs"]) for key, v in VARIANTS.items()}
 models = list(epochs)
 for name in models:
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    for key in ("final_train_loss", "final_test_loss", "test_mse", "test_l1"):
+    for key in ("final_train_loss", "final_test_loss", *(() if BASELINES.get(name, {}).get("kind") in ("gan_mlp", "dcgan")
+                                                          else ("test_mse", "test_l1"))):
         finite(path, key, m.get(key))
     finite(f"metrics/timing/train/{name}.json", "seconds_per_epoch", load_json(f"metrics/timing/train/{name}.json").get("seconds_per_epoch"))
     history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
     if len(history) != epochs[name]:
         problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {epochs[name]}")
-    for grid in (f"metrics/samples/{name}.png", f"metrics/samples/{name}_reconstruction.png"):
+    grids = [f"metrics/samples/{name}.png"] + ([] if name in BASELINES else [f"metrics/samples/{name}_reconstruction.png"])
+    if name in BASELINES:
+        steps = list(csv.DictReader(open(f"metrics/train/{name}_steps.csv")))
+        if not steps or not all(math.isfinite(float(row["train_loss"])) for row in steps):
+            problems.append(f"metrics/train/{name}_steps.csv: no steps, or a non-finite loss")
+    for grid in grids:
         if not Path(grid).read_bytes().startswith(b"\x89PNG"):
             problems.append(f"{grid}: not a PNG")
 
@@ -90,6 +98,7 @@ evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
 evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
 evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets"] for key, v in VARIANTS.items()}
 evaluated |= {f"sarnet_{key}": evaluate["sets"] for key in SARNET_VARIANTS}
+evaluated |= {name: evaluate["sets"] for name in BASELINES}
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
@@ -139,6 +148,15 @@ for key in SARNET_VARIANTS:
         problems.append(f"metrics/fid_table.md: no parsable row for simple SarNET variant {key}")
     else:
         shown[f"sarnet_{key}"] = found[0]
+for name in BASELINES:
+    line = next((l for l in table.splitlines() if l.startswith(f"| `{name}`:")), "")
+    found = cell.findall(line)
+    if len(found) != 1:
+        problems.append(f"metrics/fid_table.md: no parsable row for baseline {name}")
+    else:
+        shown[name] = found[0]
+    if not re.search(rf"^- `{name}`: \d+\.\d min of ", table, re.M):
+        problems.append(f"metrics/fid_table.md: no budget line for baseline {name}")
 ablation = Path("metrics/sarnet_ablation.md").read_text() if Path("metrics/sarnet_ablation.md").exists() else ""
 for key in SARNET_VARIANTS:
     if f"`{key}`" in ablation and "not run" in next(l for l in ablation.splitlines() if f"`{key}`" in l):

@@ -12,20 +12,26 @@ from _stage import TIMING_DIR, params, run_name, stage
 from sarnet.files import write_json, write_text
 from sarnet.names import generator_name
 from sarnet.params import check_keys
-from sarnet.report import (FidRow, ablation_markdown, describe_variant, fid_table_markdown, plot_fid_vs_latent,
-                           write_latent_csv, write_sets_csv)
+from sarnet.report import (FidRow, ablation_markdown, budget_markdown, describe_variant, fid_table_markdown,
+                           plot_fid_vs_latent, write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
 
 OUT = Path("metrics")
 
 
-def _evaluated() -> list[tuple[str, int | None, str | None]]:
-    """Every generator the pipeline evaluates, in table order: (kind, latent size, training set)."""
+def _evaluated() -> list[tuple[str, str, int | None, str | None, str, bool]]:
+    """Every generator the pipeline evaluates, in table order:
+    (name, kind, latent size, variant, dataset it is scored on, whether it is a baseline)."""
     latent_dims = params("latent_dims")
-    return ([(kind, L, None) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims]
-            + [("sarnet", None, None), ("gen_xgboost", None, None)]
-            + [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()]
-            + [("sarnet", None, key) for key in params("sarnet_data")])
+    thesis = [(kind, L, None) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims]
+    thesis += [("sarnet", None, None), ("gen_xgboost", None, None)]
+    thesis += [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()]
+    thesis += [("sarnet", None, key) for key in params("sarnet_data")]
+    rows = [(generator_name(kind, latent, data), kind, latent, data,
+             params(f"{kind}_data")[data].get("dataset", "mnist") if data is not None else "mnist", False)
+            for kind, latent, data in thesis]
+    rows += [(name, v["kind"], v.get("latent_dim"), None, v["dataset"], True) for name, v in params("baselines").items()]
+    return rows
 
 
 def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
@@ -51,15 +57,13 @@ def main() -> None:
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
     rows, missing = [], []
-    for kind, latent, data in _evaluated():
-        name = generator_name(kind, latent, data)
+    for name, kind, latent, data, dataset, baseline in _evaluated():
         record, sets = OUT / "fid" / f"{name}.json", OUT / "fid" / "sets" / f"{name}.json"
         if not (record.exists() and sets.exists()):
             missing.append(name)
             continue
-        dataset = params(f"{kind}_data")[data].get("dataset", "mnist") if data is not None else "mnist"
         rows.append(FidRow.from_files(name, kind, latent, json.loads(record.read_text()),
-                                      json.loads(sets.read_text()), data, dataset))
+                                      json.loads(sets.read_text()), data, dataset, baseline))
     if missing:  # a partial run still gets its table; the gaps read "not run"
         print(f"warning: not evaluated: {', '.join(missing)}", file=sys.stderr)
     calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
@@ -67,8 +71,12 @@ def main() -> None:
 
     variants = {key: params("sarnet") | entry for key, entry in params("sarnet_data").items()}
     labels = {generator_name("sarnet", None, key): f"{describe_variant(v)}, {v['epochs']} epochs" for key, v in variants.items()}
+    seconds = _stage_seconds({r.name for r in rows})
+    budgets = {name: v["budget_minutes"] for name, v in params("baselines").items()}
+    spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
+             if f"train/{name}" in seconds and f"fid/{name}" in seconds}
     table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
-                               labels)
+                               labels) + budget_markdown(budgets, spent)
     write_text(OUT / "fid_table.md", table)
     trained = {key: json.loads(path.read_text()) for key in variants
                if (path := OUT / "train" / f"{generator_name('sarnet', None, key)}.json").exists()}
@@ -78,7 +86,6 @@ def main() -> None:
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
     write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)} for r in rows})
-    seconds = _stage_seconds({r.name for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
                                         "total_hours": round(sum(seconds.values()) / 3600, 3)})
 

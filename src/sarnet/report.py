@@ -13,6 +13,8 @@ from sarnet.files import atomic_path, write_text
 
 FAMILIES = {"sarnet_vae": "SarNET VAE", "conv_vae": "conv VAE"}
 SINGLE_MODELS = {"sarnet": "simple SarNET", "gen_xgboost": "generative XGBoost"}
+BASELINE_KINDS = {"gan_mlp": "vanilla GAN (MLP)", "dcgan": "DCGAN", "beta_vae": "β-VAE"}
+BUDGET_FLAG = 1.5  # a baseline whose stages took more than this × its budget is flagged
 
 
 @dataclass(frozen=True)
@@ -25,17 +27,18 @@ class FidRow:
     fids: Sequence[float]
     mean: float
     std: float
-    data: str | None = None  # another training set (params.yaml `<kind>_data` key); None: Table 4.1's fives
+    data: str | None = None  # a variant (params.yaml `<kind>_data` key); None: Table 4.1's model
     dataset: str = "mnist"
+    baseline: bool = False  # an entry of params.yaml's `baselines` (the seeds' other generators)
 
     @classmethod
     def from_files(cls, name: str, kind: str, latent_dim: int | None, record: Mapping, fids: Sequence[float],
-                   data: str | None = None, dataset: str = "mnist") -> "FidRow":
+                   data: str | None = None, dataset: str = "mnist", baseline: bool = False) -> "FidRow":
         """From an evaluation's record (mean, std, sets) and its per-set FIDs, which must agree in number."""
         if len(fids) != record["sets"]:
             raise ValueError(f"{name}: {len(fids)} per-set FIDs for {record['sets']} sets")
         return cls(name, kind, latent_dim, [float(f) for f in fids], float(record["mean"]), float(record["std"]),
-                   data, dataset)
+                   data, dataset, baseline)
 
 
 def _ours(row: FidRow | None) -> str:
@@ -71,7 +74,7 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     `calibration` is (our FID, thesis FID) of the blur σ = 0.5 set: the two classifiers' scales
     differ, and that row is how a reader converts between them.
     """
-    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None and not r.baseline}
     ours_blur, thesis_blur = calibration
     lines = [
         f"FID, mean ± std over sets (number of sets); each set {n_images:,} generated vs {n_images:,} real "
@@ -97,6 +100,10 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
             label = (f"{FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
                      f"(scored on {row.dataset} test images by the {row.dataset} classifier)")
         lines.append(f"| {label} | {_ours(row)} | {_thesis(published)} |")
+    for row in (r for r in rows if r.baseline):
+        latent = "" if row.latent_dim is None else f", L = {row.latent_dim}"
+        lines.append(f"| `{row.name}`: {BASELINE_KINDS.get(row.kind, row.kind)}{latent} (seeds' baseline) | "
+                     f"{_ours(row)} | — |")
     lines += [
         "",
         f"Scale: blur σ = 0.5 of real test fives scores {ours_blur:.3f} with our classifier and "
@@ -233,4 +240,20 @@ def ablation_markdown(settings: Mapping[str, Mapping], train: Mapping[str, Mappi
                             for lower, worse, p in claims)
         lines += ["", f"- Patch {small}: {details}. The thesis's \"lower loss, worse images\" "
                       f"{'holds' if holds else 'does not hold'} here."]
+    return "\n".join(lines) + "\n"
+
+
+def budget_markdown(budgets: Mapping[str, float], seconds: Mapping[str, float]) -> str:
+    """The baselines' stage time (training + evaluation, `seconds` by name) against their budgets in
+    minutes; over BUDGET_FLAG × budget is flagged. A baseline without recorded time reads "not run"."""
+    if not budgets:
+        return ""
+    lines = [f"Budgets (training + FID sets, this run's machine); flagged over {BUDGET_FLAG:g}× the budget:", ""]
+    for name, budget in budgets.items():
+        if name not in seconds:
+            lines.append(f"- `{name}`: not run (budget {budget:g} min)")
+            continue
+        minutes = seconds[name] / 60
+        flag = f" — **over {BUDGET_FLAG:g}× its budget**" if minutes > BUDGET_FLAG * budget else ""
+        lines.append(f"- `{name}`: {minutes:.1f} min of {budget:g}{flag}")
     return "\n".join(lines) + "\n"

@@ -201,10 +201,11 @@ def write_history_csv(path: Path, history: list[EpochRecord]) -> None:
 
 
 def write_step_csv(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
-    """Per-step mean losses as CSV (`step` from 1, then one column per loss): a DVC plots file."""
+    """Per-step mean losses as CSV, a DVC plots file: `step` from 1, `train_loss` (the step's first loss,
+    as in the per-epoch history: a GAN's discriminator loss), then the others by name."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["step", *names])
+    writer.writerow(["step", "train_loss", *names[1:]])
     for row in rows:
         writer.writerow([int(row[0]), *(f"{v:.6g}" for v in row[1:])])
     with atomic_path(path) as tmp:
