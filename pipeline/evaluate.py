@@ -7,11 +7,13 @@ Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [lat
 test images with that dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
 are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
 the real images (the model section's dataset and digit).
-Writes metrics/fid/<name>.json (mean, std, set counts), metrics/fid/sets/<name>.json (the per-set FIDs),
-its timings and a sample grid; no image set is kept. The FID is also logged onto the MLflow run that
+Writes metrics/fid/<name>.json (mean, std, set counts, and from the same classifier pass the inception
+score, five-rate, sharpness, logit spread against real images and distance to the nearest training
+image), metrics/fid/sets/<name>.json (the per-set FIDs), its timings and a sample grid; no image set is kept. The FID is also logged onto the MLflow run that
 trained the model, beside its hyperparameters.
 """
 
+import numpy as np
 from _model_spec import model_spec
 from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
@@ -19,7 +21,7 @@ from tqdm import tqdm
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.device import default_device
 from sarnet.errors import ConfigError
-from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.fid import FidProtocol, FidScorer, FidSets, fid_over_sets
 from sarnet.figures import save_grid
 from sarnet.files import write_json
 from sarnet.generators import load_generator
@@ -27,6 +29,16 @@ from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX
 from sarnet.params import check_int, check_keys
 from sarnet.tracking import log_on_training_run, stage_run
+
+
+def quality_scores(result: FidSets, digit: int | None) -> dict[str, float]:
+    """The scores read from the FID's own logits and pixels (BASELINES.md §7, §11), rounded for the record."""
+    scores = {"is_mean": float(np.mean(result.inception)), "is_std": float(np.std(result.inception)),
+              "sharpness": float(np.mean(result.sharpness)), "logit_spread_ratio": result.spread_ratio,
+              "nearest_train_distance": result.nearest_train}
+    if digit is not None:  # the share classed as the trained digit: the five-rate of the fives table
+        scores["five_rate" if digit == 5 else "class_rate"] = float(np.mean(result.class_rate))
+    return {key: round(value, 6) for key, value in scores.items()}
 
 
 @stage
@@ -46,7 +58,8 @@ def main(*args: str) -> None:
     sets = p["sets"] if data is not None or spec.baseline else p["sets_by_latent"].get(latent, p["sets"])
     protocol = FidProtocol(p["n_images"], sets, p["seed"])
     dataset, digit = gen_params["dataset"], gen_params["digit"]
-    real_pool = to_unit_tensor(load_prepared(f"data/prepared/{dataset}.npz", digit=digit).test.images)
+    prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)
+    real_pool, train_pool = to_unit_tensor(prepared.test.images), to_unit_tensor(prepared.train.images)
     device = default_device()
     classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
     generator_path = spec.model_path
@@ -63,15 +76,17 @@ def main(*args: str) -> None:
             bar.set_postfix(fid=f"{fid:.3f}")
             bar.update(1)
 
-        result = fid_over_sets(generate, FidScorer(classifier, device=device), real_pool, protocol, on_set)
+        result = fid_over_sets(generate, FidScorer(classifier, device=device), real_pool, protocol, on_set,
+                               label=digit, train_pool=train_pool)
         bar.close()
         save_grid(result.preview, grid_path)
         record = {"mean": round(result.mean, 6), "std": round(result.std, 6), "sets": protocol.sets,
-                  "n_images": protocol.n_images, "real_pool": len(real_pool)}
+                  "n_images": protocol.n_images, "real_pool": len(real_pool), **quality_scores(result, digit)}
         write_json(f"metrics/fid/sets/{name}.json", [round(f, 6) for f in result.fids])
         timing = write_results(f"fid/{name}", record, {
             "generation_images_per_second": round(protocol.sets * protocol.n_images / result.generation_seconds, 1)})
-        fid = {"fid_mean": result.mean, "fid_std": result.std}
+        fid = {"fid_mean": result.mean, "fid_std": result.std} | {k: v for k, v in record.items() if k.startswith(
+            ("is_", "five_rate", "class_rate", "sharpness", "logit_spread", "nearest"))}
         tracker.log_metrics(fid | timing)
         tracker.log_artifact(grid_path, "samples")
         log_on_training_run(generator_path, fid)  # one run per model: its hyperparameters and its FID

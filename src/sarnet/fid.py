@@ -1,14 +1,17 @@
 """The FID instrument: Fréchet distance between Gaussian fits of classifier logits (thesis §3.5).
 
 Protocol (docs/protocol.md "FID protocol"): features are the 10 logits of an MNIST classifier, images scaled to
-[-1, 1], statistics in float64 with the unbiased (n-1) covariance.
+[-1, 1], statistics in float64 with the unbiased (n-1) covariance. The same logits give the inception
+score, the share of images classed as the trained digit and their sharpness, and the spread of the
+logits against real images' (collapse); the pixels give the distance to the nearest training image
+(memorisation) (BASELINES.md §7, §11).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -96,6 +99,56 @@ class FidScorer:
         return frechet_distance(*self.statistics(images_a), *self.statistics(images_b))
 
 
+# --- Scores from the same logits (BASELINES.md §7, §11) ---------------------------------------------
+
+LOG_FLOOR = 1e-12  # inside every log, as TF-GAN's classifier score
+
+
+def _softmax64(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def inception_score(logits: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) ‖ p(y))), p = softmax(logits) and p(y) their mean over the same images (float64)."""
+    p = _softmax64(logits)
+    marginal = p.mean(axis=0)
+    kl = (p * (np.log(np.maximum(p, LOG_FLOOR)) - np.log(np.maximum(marginal, LOG_FLOOR)))).sum(axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def sharpness(logits: np.ndarray) -> float:
+    """exp(−E_x H(p(y|x))) in (0, 1]: 1 when every image is classified with certainty."""
+    p = _softmax64(logits)
+    entropy = -(p * np.log(np.maximum(p, LOG_FLOOR))).sum(axis=1)
+    return float(np.exp(-entropy.mean()))
+
+
+def class_rate(logits: np.ndarray, label: int) -> float:
+    """Share of images whose likeliest class is `label` (the five-rate for label 5)."""
+    return float((np.asarray(logits).argmax(axis=1) == label).mean())
+
+
+def mean_pairwise_distance(features: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs of rows: how spread a set is (a collapsed generator's is small)."""
+    from scipy.spatial.distance import pdist
+
+    return float(pdist(np.asarray(features, dtype=np.float64)).mean())
+
+
+def mean_nearest_distance(images: torch.Tensor, reference: torch.Tensor, chunk: int = 4096) -> float:
+    """Mean over `images` of the L2 pixel distance ([0, 1] pixels) to the nearest `reference` image;
+    a memorising generator's is small. The reference is read in chunks (60,000 images fit no matrix)."""
+    a = torch.as_tensor(images).reshape(len(images), -1).double()
+    nearest = torch.full((len(a),), float("inf"), dtype=torch.float64)
+    for start in range(0, len(reference), chunk):
+        b = torch.as_tensor(reference[start : start + chunk]).reshape(-1, a.shape[1]).double()
+        nearest = torch.minimum(nearest, torch.cdist(a, b).min(dim=1).values)
+    return float(nearest.mean())
+
+
 # --- The evaluation protocol of Table 4.1 (docs/protocol.md "FID protocol") -----------------------
 
 @dataclass(frozen=True)
@@ -123,6 +176,11 @@ class FidSets:
     fids: list[float]
     preview: torch.Tensor  # the first images of set 0, for a sample grid
     generation_seconds: float
+    inception: list[float] = field(default_factory=list)  # per set, from the FID's logits
+    sharpness: list[float] = field(default_factory=list)
+    class_rate: list[float] = field(default_factory=list)  # per set, when a label is given
+    spread_ratio: float = float("nan")  # set 0's first `probe` images: logit spread / the real pool's
+    nearest_train: float = float("nan")  # set 0's first `probe` images: mean distance to the nearest training image
 
     @property
     def mean(self) -> float:
@@ -141,17 +199,22 @@ def fid_over_sets(
     protocol: FidProtocol,
     on_set: Callable[[int, float], None] | None = None,
     preview: int = 100,
+    label: int | None = None,
+    train_pool: torch.Tensor | None = None,
+    probe: int = 1000,
 ) -> FidSets:
-    """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`.
+    """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`, and
+    from the same logits each set's inception score, sharpness and (with `label`) class rate.
 
     `generate(n, seed)` returns n images (n, 28, 28) in [0, 1]. The real pool's logits are computed
-    once: a draw with replacement of images is the same draw of their logits. No set is kept.
+    once: a draw with replacement of images is the same draw of their logits. Each generated set goes
+    through the classifier once. Set 0's first `probe` images also give the logit spread against the
+    real pool's and, with `train_pool`, the distance to the nearest training image. No set is kept.
     """
     if len(real_pool) < 2:
         raise ConfigError(f"the real image pool needs at least 2 images, got {len(real_pool)}")
     real_features = scorer.features(real_pool)
-    fids: list[float] = []
-    first = torch.empty(0)
+    result = FidSets([], torch.empty(0), 0.0)
     generation_seconds = 0.0
     for index in range(protocol.sets):
         rng, generator_seed = protocol.set_seeds(index)
@@ -161,10 +224,18 @@ def fid_over_sets(
         generation_seconds += time.perf_counter() - started
         if tuple(images.shape[1:]) not in ((28, 28), (1, 28, 28)) or len(images) != protocol.n_images:
             raise ConfigError(f"generator returned shape {tuple(images.shape)}, expected ({protocol.n_images}, 28, 28)")
+        features = scorer.features(images)  # the one classifier pass of this set
+        result.fids.append(frechet_distance(*feature_statistics(features), *real_stats))
+        result.inception.append(inception_score(features))
+        result.sharpness.append(sharpness(features))
+        if label is not None:
+            result.class_rate.append(class_rate(features, label))
         if index == 0:
-            first = images[:preview].detach().cpu().clone()
-        fid = frechet_distance(*scorer.statistics(images), *real_stats)
-        fids.append(fid)
+            result.preview = images[:preview].detach().cpu().clone()
+            result.spread_ratio = mean_pairwise_distance(features[:probe]) / mean_pairwise_distance(real_features[:probe])
+            if train_pool is not None:
+                result.nearest_train = mean_nearest_distance(images[:probe].detach().cpu(), train_pool)
         if on_set is not None:
-            on_set(index, fid)
-    return FidSets(fids, first, generation_seconds)
+            on_set(index, result.fids[-1])
+    result.generation_seconds = generation_seconds
+    return result
