@@ -2,7 +2,7 @@
 
 from _stage import params, run_name, stage, write_results
 
-from sarnet.calibration import calibrate, calibration_markdown
+from sarnet.calibration import calibrate, calibration_markdown, real_references
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.device import default_device
 from sarnet.fid import FidScorer
@@ -22,6 +22,8 @@ def main() -> None:
     check_keys("calibrate", p, ("dataset", "digit", "n_images", "seed"), required=True)
     dataset, n = p["dataset"], p["n_images"]
     data = load_prepared(f"data/prepared/{dataset}.npz", digit=p["digit"])
+    all_digits = load_prepared(f"data/prepared/{dataset}.npz", digit=None)
+    protocol = params("evaluate")  # the references are measured as the generators are
     device = default_device()
     classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
     scorer = FidScorer(classifier, device=device)
@@ -29,10 +31,14 @@ def main() -> None:
     with stage_run(run_name("calibrate"), params=p, dataset=dataset) as tracker:
         results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"], progress=print)
         numbers = {key: {k: v for k, v in row.items() if k != "label"} for key, row in results.items()}
-        timing = write_results("calibration", {"rows": numbers})
+        references = real_references(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images),
+                                     to_unit_tensor(all_digits.test.images), p["digit"], protocol["n_images"],
+                                     protocol["sets"], p["seed"])
+        print(f"real references: {references}")
+        timing = write_results("calibration", {"rows": numbers, "references": references})
         write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
         tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()}
-                            | timing)
+                            | {f"{group}.{k}": v for group, values in references.items() for k, v in values.items()} | timing)
         tracker.log_artifact("metrics/calibration.md")
         tracker.log_artifact("metrics/calibration.json")
 

@@ -13,7 +13,7 @@ from sarnet.files import write_json, write_text
 from sarnet.names import generator_name
 from sarnet.params import check_keys
 from sarnet.report import (FidRow, ablation_markdown, budget_markdown, describe_variant, fid_table_markdown,
-                           plot_fid_vs_latent, write_latent_csv, write_sets_csv)
+                           plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
 
 OUT = Path("metrics")
@@ -56,17 +56,19 @@ def main() -> None:
     check_keys("fid_table", p, ("thesis", "calibration_row", "thesis_ablation"), required=True)
     latent_dims = params("latent_dims")
     protocol = params("evaluate")
-    rows, missing = [], []
+    rows, records, missing = [], {}, []
     for name, kind, latent, data, dataset, baseline in _evaluated():
         record, sets = OUT / "fid" / f"{name}.json", OUT / "fid" / "sets" / f"{name}.json"
         if not (record.exists() and sets.exists()):
             missing.append(name)
             continue
-        rows.append(FidRow.from_files(name, kind, latent, json.loads(record.read_text()),
-                                      json.loads(sets.read_text()), data, dataset, baseline))
+        records[name] = json.loads(record.read_text())
+        rows.append(FidRow.from_files(name, kind, latent, records[name], json.loads(sets.read_text()), data, dataset,
+                                      baseline))
     if missing:  # a partial run still gets its table; the gaps read "not run"
         print(f"warning: not evaluated: {', '.join(missing)}", file=sys.stderr)
-    calibration = json.loads((OUT / "calibration.json").read_text())["rows"][p["calibration_row"]]
+    calibration_file = json.loads((OUT / "calibration.json").read_text())
+    calibration = calibration_file["rows"][p["calibration_row"]]
     thesis = p["thesis"]
 
     variants = {key: params("sarnet") | entry for key, entry in params("sarnet_data").items()}
@@ -76,7 +78,8 @@ def main() -> None:
     spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
              if f"train/{name}" in seconds and f"fid/{name}" in seconds}
     table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
-                               labels) + budget_markdown(budgets, spent)
+                               labels) + budget_markdown(budgets, spent) + "\n" + scores_markdown(
+        rows, records, calibration_file.get("references"))
     write_text(OUT / "fid_table.md", table)
     trained = {key: json.loads(path.read_text()) for key in variants
                if (path := OUT / "train" / f"{generator_name('sarnet', None, key)}.json").exists()}

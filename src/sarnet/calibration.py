@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter1d
 from torchvision.transforms import RandomPerspective
 from torchvision.transforms.functional import perspective
 
-from sarnet.fid import FidScorer
+from sarnet.fid import FidScorer, class_rate, inception_score, mean_nearest_distance, sharpness
 
 Images = torch.Tensor  # (N, 28, 28) float in [0, 1]
 
@@ -107,6 +107,28 @@ def calibrate(scorer: FidScorer, test: Images, train: Images, n: int, seed: int,
         if progress:
             progress(f"{row.key}: FID {fid:.4g} (thesis {row.thesis_fid})")
     return results
+
+
+def real_references(scorer: FidScorer, test: Images, train: Images, all_digits_test: Images, label: int,
+                    n: int, sets: int, seed: int, probe: int = 1000) -> dict[str, dict[str, float]]:
+    """What real images score on the FID's companion numbers (BASELINES.md §7, §11), measured as a
+    generator is: `sets` sets of `n` test images of the class drawn with replacement (inception score,
+    class rate, sharpness), the first `probe` test images' distance to the nearest training image, and
+    the all-digit test set in `sets` splits (where the inception score means what it was made for)."""
+    rng = np.random.default_rng([seed, len(CALIBRATION_ROWS)])  # a stream no calibration row uses
+    features = scorer.features(test)
+    draws = [features[rng.integers(0, len(test), n)] for _ in range(sets)]
+    splits = np.array_split(scorer.features(all_digits_test), sets)
+    fives = [inception_score(d) for d in draws]
+    digits = [inception_score(d) for d in splits]
+    return {
+        "class": {"is_mean": float(np.mean(fives)), "is_std": float(np.std(fives)),
+                  "class_rate": float(np.mean([class_rate(d, label) for d in draws])),
+                  "sharpness": float(np.mean([sharpness(d) for d in draws])),
+                  "nearest_train_distance": mean_nearest_distance(test[:probe], train)},
+        "all_digits": {"is_mean": float(np.mean(digits)), "is_std": float(np.std(digits)),
+                       "sharpness": float(np.mean([sharpness(d) for d in splits]))},
+    }
 
 
 def calibration_markdown(results: dict[str, dict[str, float | str]], n: int, classifier_note: str) -> str:

@@ -257,3 +257,39 @@ def budget_markdown(budgets: Mapping[str, float], seconds: Mapping[str, float]) 
         flag = f" — **over {BUDGET_FLAG:g}× its budget**" if minutes > BUDGET_FLAG * budget else ""
         lines.append(f"- `{name}`: {minutes:.1f} min of {budget:g}{flag}")
     return "\n".join(lines) + "\n"
+
+
+def _number(record: Mapping, key: str, digits: int) -> str:
+    value = record.get(key)
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def scores_markdown(rows: Sequence[FidRow], records: Mapping[str, Mapping], references: Mapping | None) -> str:
+    """The numbers each evaluation reads from the FID's own classifier pass (metrics/fid/<name>.json),
+    one line per model under the real images' values (the `calibrate` stage's references)."""
+    lines = [
+        "From the same classifier pass as each FID: inception score (IS, mean ± std over sets), five-rate (share "
+        "classed as a five; the trained class for other digits), sharpness exp(−E H(p(y|x))), and on set 0's first "
+        "1,000 images the spread of the logits against real images' (well below 1: collapse) and the mean pixel "
+        "distance to the nearest training image (well below the real test images': memorisation). IS is not a "
+        "ranking for a fives-only table: a generator of perfect fives scores about 1, as the real fives do, and "
+        "one that drifts towards other digits scores higher; it is meant for the all-digit model.",
+        "",
+        "| model | IS | five-rate | sharpness | logit spread / real | nearest training image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    if references:
+        real, digits = references["class"], references["all_digits"]
+        lines.append(f"| real test fives | {real['is_mean']:.3f} ± {real['is_std']:.3f} | {real['class_rate']:.3f} | "
+                     f"{real['sharpness']:.3f} | 1 | {real['nearest_train_distance']:.2f} |")
+        lines.append(f"| real test images, all digits | {digits['is_mean']:.3f} ± {digits['is_std']:.3f} | — | "
+                     f"{digits['sharpness']:.3f} | — | — |")
+    for row in rows:
+        r = records.get(row.name, {})
+        if "is_mean" not in r:
+            continue
+        rate = r.get("five_rate", r.get("class_rate"))
+        lines.append(f"| {row.name} | {r['is_mean']:.3f} ± {r['is_std']:.3f} | {'—' if rate is None else f'{rate:.3f}'} | "
+                     f"{_number(r, 'sharpness', 3)} | {_number(r, 'logit_spread_ratio', 2)} | "
+                     f"{_number(r, 'nearest_train_distance', 2)} |")
+    return "\n".join(lines) + "\n"
