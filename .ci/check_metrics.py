@@ -48,6 +48,11 @@ m = load_json(path)
 rows = m.get("rows", {})
 if len(rows) != 9:
     problems.append(f"{path}: {len(rows)} calibration rows, expected 9")
+for group, values in m.get("references", {}).items():
+    for key, value in values.items():
+        finite(path, f"references.{group}.{key}", value)
+if set(m.get("references", {})) != {"class", "all_digits"}:
+    problems.append(f"{path}: no real-data references (class, all_digits) for the inception score and its companions")
 for key, row in rows.items():
     finite(path, f"{key}.fid", row.get("fid"))
     finite(path, f"{key}.ratio", row.get("ratio"))
@@ -99,6 +104,8 @@ evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
 evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets"] for key, v in VARIANTS.items()}
 evaluated |= {f"sarnet_{key}": evaluate["sets"] for key in SARNET_VARIANTS}
 evaluated |= {name: evaluate["sets"] for name in BASELINES}
+DIGIT = ({f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("digit") for key, v in VARIANTS.items()}
+         | {name: v.get("digit") for name, v in BASELINES.items()})  # the class each model was trained on
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
@@ -109,6 +116,10 @@ for name, sets in evaluated.items():
     for i, value in enumerate(fids):
         finite(path, f"fids[{i}]", value)
     finite(path, "mean", m.get("mean"))
+    for key in ("is_mean", "is_std", "sharpness", "logit_spread_ratio", "nearest_train_distance"):
+        finite(path, key, m.get(key))
+    if DIGIT.get(name, PARAMS["sarnet"]["digit"]) == 5:
+        finite(path, "five_rate", m.get("five_rate"))  # every model of the fives
     if fids and abs(sum(fids) / len(fids) - m.get("mean", math.nan)) > 1e-4:
         problems.append(f"{path}: mean {m.get('mean')} is not the mean of its per-set FIDs")
     if not Path(f"metrics/fid/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
