@@ -263,3 +263,47 @@ def test_scripts_spell_their_dvc_stage_names_like_dvc():
     with Repo(str(ROOT)) as repo:
         names = {stage.name for stage in repo.index.stages}
     assert spelled <= names, spelled - names
+
+
+# -- baselines: an entry of params.yaml's `baselines` is a whole model section -----------------------
+
+BASELINE = {"kind": "beta_vae", "latent_dim": 8, "kl_weight": 2.0, "budget_minutes": 6, "dataset": "mnist",
+            "digit": 5, "train_limit": None, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.001}
+
+
+def _model_spec_module(tmp_path, all_params):
+    import importlib
+
+    _load_stage_helpers(tmp_path, all_params)
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        return importlib.import_module("_model_spec")
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+
+
+def test_a_baseline_entry_is_its_own_model_section_and_names_its_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = _model_spec_module(tmp_path, {"baselines": {"beta_vae_b2_L8": BASELINE}})
+    spec = module.model_spec("baseline", "beta_vae_b2_L8")
+    assert (spec.kind, spec.latent, spec.name, spec.baseline) == ("beta_vae", 8, "beta_vae_b2_L8", True)
+    assert "kind" not in spec.params and "budget_minutes" not in spec.params and spec.params["kl_weight"] == 2.0
+    assert str(spec.model_path) == "models/beta_vae/beta_vae_b2_L8.safetensors"
+    assert (spec.dvc_stage("train"), spec.dvc_stage("evaluate")) == ("train_baseline@beta_vae_b2_L8",
+                                                                     "evaluate_baseline@beta_vae_b2_L8")
+
+
+@pytest.mark.parametrize("args, entries, message", [
+    (("baseline", "gan"), {"dcgan": BASELINE}, "no baseline 'gan' under `baselines` (have: dcgan)"),
+    (("baseline",), {"dcgan": BASELINE}, "usage: baseline <name>"),
+    (("baseline", "x"), {"x": {**BASELINE, "kind": "vae"}}, "unknown generator 'vae'"),
+    (("baseline", "x"), {"x": {k: v for k, v in BASELINE.items() if k != "latent_dim"}}, "needs a latent dimension"),
+    (("baseline", "X y"), {"X y": BASELINE}, "use lower-case letters"),
+    (("baseline", "x"), {"x": {k: v for k, v in BASELINE.items() if k != "digit"}}, "`baselines.x` has no 'digit'"),
+])
+def test_a_bad_baseline_is_one_line_before_any_work(tmp_path, monkeypatch, args, entries, message):
+    monkeypatch.chdir(tmp_path)
+    module = _model_spec_module(tmp_path, {"baselines": entries})
+    with pytest.raises(SarnetError, match=message) as info:
+        module.model_spec(*args)
+    assert "\n" not in str(info.value)
