@@ -8,12 +8,14 @@ from sarnet.device import default_device
 from sarnet.fid import FidScorer
 from sarnet.files import write_text
 from sarnet.loader import load_model
-from sarnet.model_files import SUFFIX
+from sarnet.classifier import instrument_path
 from sarnet.params import check_keys
 from sarnet.tracking import stage_run
 
 CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "
-                   "the thesis used TF-GAN's MNIST classifier, so absolute values differ and the ratio puts them on one scale.")
+                   "the thesis used TF-GAN's MNIST classifier, so absolute values differ and the ratio puts them on one scale. "
+                   "The last two columns score the same sets with the second instrument, an MLP on raw pixels "
+                   "(`train_mlp_classifier`).")
 
 
 @stage
@@ -25,11 +27,12 @@ def main() -> None:
     all_digits = load_prepared(f"data/prepared/{dataset}.npz", digit=None)
     protocol = params("evaluate")  # the references are measured as the generators are
     device = default_device()
-    classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
-    scorer = FidScorer(classifier, device=device)
+    scorer = FidScorer(load_model(instrument_path(dataset, "cnn"), device, kind="classifier"), device=device)
+    second = FidScorer(load_model(instrument_path(dataset, "mlp"), device, kind="mlp_classifier"), device=device)
 
     with stage_run(run_name("calibrate"), params=p, dataset=dataset) as tracker:
-        results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"], progress=print)
+        results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"],
+                            progress=print, second=second)
         numbers = {key: {k: v for k, v in row.items() if k != "label"} for key, row in results.items()}
         references = real_references(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images),
                                      to_unit_tensor(all_digits.test.images), p["digit"], protocol["n_images"],
@@ -38,6 +41,7 @@ def main() -> None:
         timing = write_results("calibration", {"rows": numbers, "references": references})
         write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
         tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()}
+                            | {f"fid_mlp.{k}": r["fid_mlp"] for k, r in results.items()}
                             | {f"{group}.{k}": v for group, values in references.items() for k, v in values.items()} | timing)
         tracker.log_artifact("metrics/calibration.md")
         tracker.log_artifact("metrics/calibration.json")

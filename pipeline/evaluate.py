@@ -7,6 +7,7 @@ Usage: python pipeline/evaluate.py <sarnet|sarnet_vae|conv_vae|gen_xgboost> [lat
 test images with that dataset's classifier (Fashion-MNIST: the Fashion classifier). The generator and the classifier
 are rebuilt from their model files; params.yaml gives the protocol, the sampling settings and
 the real images (the model section's dataset and digit).
+Every set is scored by both instruments (the CNN, and the MLP on raw pixels: `mlp_mean`, `mlp_std`).
 Writes metrics/fid/<name>.json (mean, std, set counts, and from the same classifier pass the inception
 score, five-rate, sharpness, logit spread against real images and distance to the nearest training
 image), metrics/fid/sets/<name>.json (the per-set FIDs), its timings and a sample grid; no image set is kept. The FID is also logged onto the MLflow run that
@@ -26,7 +27,7 @@ from sarnet.figures import save_grid
 from sarnet.files import write_json
 from sarnet.generators import load_generator
 from sarnet.loader import load_model
-from sarnet.model_files import SUFFIX
+from sarnet.classifier import instrument_path
 from sarnet.params import check_int, check_keys
 from sarnet.tracking import log_on_training_run, stage_run
 
@@ -61,7 +62,8 @@ def main(*args: str) -> None:
     prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)
     real_pool, train_pool = to_unit_tensor(prepared.test.images), to_unit_tensor(prepared.train.images)
     device = default_device()
-    classifier = load_model(f"models/classifier/{dataset}{SUFFIX}", device, kind="classifier")
+    classifier = load_model(instrument_path(dataset, "cnn"), device, kind="classifier")
+    second = load_model(instrument_path(dataset, "mlp"), device, kind="mlp_classifier")  # the second instrument
     generator_path = spec.model_path
     _, generate = load_generator(generator_path, params("sampling"), device=device)
     grid_path = f"metrics/fid/samples/{name}.png"
@@ -77,20 +79,25 @@ def main(*args: str) -> None:
             bar.update(1)
 
         result = fid_over_sets(generate, FidScorer(classifier, device=device), real_pool, protocol, on_set,
-                               label=digit, train_pool=train_pool)
+                               label=digit, train_pool=train_pool, second=FidScorer(second, device=device))
         bar.close()
         save_grid(result.preview, grid_path)
         record = {"mean": round(result.mean, 6), "std": round(result.std, 6), "sets": protocol.sets,
-                  "n_images": protocol.n_images, "real_pool": len(real_pool), **quality_scores(result, digit)}
-        write_json(f"metrics/fid/sets/{name}.json", [round(f, 6) for f in result.fids])
+                  "n_images": protocol.n_images, "real_pool": len(real_pool),
+                  "mlp_mean": round(result.second_mean, 6), "mlp_std": round(result.second_std, 6),
+                  **quality_scores(result, digit)}
+        write_json(f"metrics/fid/sets/{name}.json", {"cnn": [round(f, 6) for f in result.fids],
+                                                     "mlp": [round(f, 6) for f in result.second_fids]})
         timing = write_results(f"fid/{name}", record, {
             "generation_images_per_second": round(protocol.sets * protocol.n_images / result.generation_seconds, 1)})
-        fid = {"fid_mean": result.mean, "fid_std": result.std} | {k: v for k, v in record.items() if k.startswith(
+        fid = {"fid_mean": result.mean, "fid_std": result.std, "fid_mlp_mean": result.second_mean,
+               "fid_mlp_std": result.second_std} | {k: v for k, v in record.items() if k.startswith(
             ("is_", "five_rate", "class_rate", "sharpness", "logit_spread", "nearest"))}
         tracker.log_metrics(fid | timing)
         tracker.log_artifact(grid_path, "samples")
         log_on_training_run(generator_path, fid)  # one run per model: its hyperparameters and its FID
-        print(f"{name}: FID {result.mean:.3f} ± {result.std:.3f} over {protocol.sets} sets of {protocol.n_images}")
+        print(f"{name}: FID {result.mean:.3f} ± {result.std:.3f} (MLP instrument {result.second_mean:.3f} ± "
+              f"{result.second_std:.3f}) over {protocol.sets} sets of {protocol.n_images}")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,10 @@ CALIBRATION_ROWS: tuple[CalibrationRow, ...] = (
 
 
 def calibrate(scorer: FidScorer, test: Images, train: Images, n: int, seed: int,
-              progress: Callable[[str], None] | None = None) -> dict[str, dict[str, float | str]]:
-    """Our FID for every calibration row, beside the thesis's value and the ratio ours/thesis."""
+              progress: Callable[[str], None] | None = None,
+              second: FidScorer | None = None) -> dict[str, dict[str, float | str]]:
+    """Our FID for every calibration row, beside the thesis's value and the ratio ours/thesis; with
+    `second`, the second instrument's FID of the same two sets (`fid_mlp`) and its ratio."""
     results: dict[str, dict[str, float | str]] = {}
     for i, row in enumerate(CALIBRATION_ROWS):
         rng = np.random.default_rng([seed, i])  # each row its own stream: rows are independent of order
@@ -104,6 +106,9 @@ def calibrate(scorer: FidScorer, test: Images, train: Images, n: int, seed: int,
         set_a, set_b = row.make_sets(rng, gen, test, train, n)
         fid = scorer.fid(set_a, set_b)
         results[row.key] = {"label": row.label, "fid": fid, "thesis_fid": row.thesis_fid, "ratio": fid / row.thesis_fid}
+        if second is not None:
+            fid_mlp = second.fid(set_a, set_b)
+            results[row.key] |= {"fid_mlp": fid_mlp, "ratio_mlp": fid_mlp / row.thesis_fid}
         if progress:
             progress(f"{row.key}: FID {fid:.4g} (thesis {row.thesis_fid})")
     return results
@@ -137,9 +142,10 @@ def calibration_markdown(results: dict[str, dict[str, float | str]], n: int, cla
         "",
         f"{n:,} images per set. {classifier_note}",
         "",
-        "| comparison | our FID | thesis FID | ratio ours/thesis |",
-        "| --- | ---: | ---: | ---: |",
+        "| comparison | our FID | thesis FID | ratio ours/thesis | MLP instrument's FID | its ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results.values():
-        lines.append(f"| {r['label']} | {r['fid']:.4g} | {r['thesis_fid']:.4g} | {r['ratio']:.3g} |")
+        mlp = f"{r['fid_mlp']:.4g} | {r['ratio_mlp']:.3g}" if "fid_mlp" in r else "— | —"
+        lines.append(f"| {r['label']} | {r['fid']:.4g} | {r['thesis_fid']:.4g} | {r['ratio']:.3g} | {mlp} |")
     return "\n".join(lines) + "\n"

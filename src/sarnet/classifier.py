@@ -1,13 +1,17 @@
-"""The FID feature extractor: a small CNN trained by the pipeline on each dataset.
+"""The FID feature extractors ("instruments"), trained by the pipeline on each dataset: a small CNN,
+and as a second, independent instrument an MLP on raw pixels.
 
-The thesis used TF-GAN's frozen MNIST classifier, which is not redistributable; this one is
-trained deterministically here instead, so absolute FID values differ from the thesis's and are
-put on its scale by the calibration stage.
+The thesis used TF-GAN's frozen MNIST classifier, which is not redistributable; these are trained
+deterministically here instead, so absolute FID values differ from the thesis's and are put on its
+scale by the calibration stage. Two instruments of clearly different architecture tell which
+conclusions are properties of the models and which of the instrument.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +27,13 @@ class MnistClassifier(nn.Module):
     """
 
     kind = "classifier"
+    instrument: ClassVar[str] = "cnn"
+    section: ClassVar[str] = "train_classifier"  # its params.yaml section
+    arch_keys: ClassVar[tuple[str, ...]] = ("channels", "hidden", "dropout")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "MnistClassifier":
+        return cls(channels=tuple(params["channels"]), hidden=params["hidden"], dropout=params["dropout"])
 
     def __init__(self, channels: Sequence[int], hidden: int, dropout: float) -> None:
         super().__init__()
@@ -43,6 +54,43 @@ class MnistClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class MlpClassifier(nn.Module):
+    """The second instrument: an MLP on the raw pixels, 784 → hidden… → 10 logits with ReLU; no
+    convolution, no pooling, no shift augmentation. Input as the CNN's: (N, 1, 28, 28) in [-1, 1]."""
+
+    kind = "mlp_classifier"
+    instrument: ClassVar[str] = "mlp"
+    section: ClassVar[str] = "train_mlp_classifier"
+    arch_keys: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "MlpClassifier":
+        return cls(hidden=params["hidden"])
+
+    def __init__(self, hidden: Sequence[int]) -> None:
+        super().__init__()
+        widths = [int(h) for h in hidden]
+        self.model_args = {"hidden": widths}
+        layers: list[nn.Module] = [nn.Flatten()]
+        width_in = 28 * 28
+        for width in widths:
+            layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True)]
+            width_in = width
+        self.net = nn.Sequential(*layers, nn.Linear(width_in, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+INSTRUMENTS: dict[str, type[nn.Module]] = {cls.instrument: cls for cls in (MnistClassifier, MlpClassifier)}
+
+
+def instrument_path(dataset: str, instrument: str = "cnn") -> Path:
+    """Where `train_classifier` writes an instrument's model file: models/classifier/<dataset>[_mlp].safetensors."""
+    suffix = "" if instrument == "cnn" else f"_{instrument}"
+    return Path("models") / "classifier" / f"{dataset}{suffix}.safetensors"
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,9 +132,6 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(images)
 
 
-ARCH_KEYS = ("channels", "hidden", "dropout")
-
-
-def build_classifier(params: dict) -> MnistClassifier:
-    """The classifier described by a `train_classifier` params section."""
-    return MnistClassifier(channels=tuple(params["channels"]), hidden=params["hidden"], dropout=params["dropout"])
+def build_classifier(params: dict, instrument: str = "cnn") -> nn.Module:
+    """The instrument described by its params section (`train_classifier`, `train_mlp_classifier`)."""
+    return INSTRUMENTS[instrument].from_params(params)

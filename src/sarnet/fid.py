@@ -181,6 +181,7 @@ class FidSets:
     class_rate: list[float] = field(default_factory=list)  # per set, when a label is given
     spread_ratio: float = float("nan")  # set 0's first `probe` images: logit spread / the real pool's
     nearest_train: float = float("nan")  # set 0's first `probe` images: mean distance to the nearest training image
+    second_fids: list[float] = field(default_factory=list)  # the second instrument's FID of the same sets
 
     @property
     def mean(self) -> float:
@@ -190,6 +191,14 @@ class FidSets:
     def std(self) -> float:
         """Population std over sets (numpy's default, ddof=0); 0 for a single set."""
         return float(np.std(self.fids))
+
+    @property
+    def second_mean(self) -> float:
+        return float(np.mean(self.second_fids))
+
+    @property
+    def second_std(self) -> float:
+        return float(np.std(self.second_fids))
 
 
 def fid_over_sets(
@@ -202,6 +211,7 @@ def fid_over_sets(
     label: int | None = None,
     train_pool: torch.Tensor | None = None,
     probe: int = 1000,
+    second: FidScorer | None = None,
 ) -> FidSets:
     """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`, and
     from the same logits each set's inception score, sharpness and (with `label`) class rate.
@@ -209,16 +219,19 @@ def fid_over_sets(
     `generate(n, seed)` returns n images (n, 28, 28) in [0, 1]. The real pool's logits are computed
     once: a draw with replacement of images is the same draw of their logits. Each generated set goes
     through the classifier once. Set 0's first `probe` images also give the logit spread against the
-    real pool's and, with `train_pool`, the distance to the nearest training image. No set is kept.
+    real pool's and, with `train_pool`, the distance to the nearest training image. With `second`, a
+    second instrument scores the very same images against the same real draws. No set is kept.
     """
     if len(real_pool) < 2:
         raise ConfigError(f"the real image pool needs at least 2 images, got {len(real_pool)}")
     real_features = scorer.features(real_pool)
+    second_real = second.features(real_pool) if second is not None else None
     result = FidSets([], torch.empty(0), 0.0)
     generation_seconds = 0.0
     for index in range(protocol.sets):
         rng, generator_seed = protocol.set_seeds(index)
-        real_stats = feature_statistics(real_features[rng.integers(0, len(real_pool), protocol.n_images)])
+        draw = rng.integers(0, len(real_pool), protocol.n_images)
+        real_stats = feature_statistics(real_features[draw])
         started = time.perf_counter()
         images = generate(protocol.n_images, generator_seed)
         generation_seconds += time.perf_counter() - started
@@ -226,6 +239,8 @@ def fid_over_sets(
             raise ConfigError(f"generator returned shape {tuple(images.shape)}, expected ({protocol.n_images}, 28, 28)")
         features = scorer.features(images)  # the one classifier pass of this set
         result.fids.append(frechet_distance(*feature_statistics(features), *real_stats))
+        if second is not None:
+            result.second_fids.append(frechet_distance(*second.statistics(images), *feature_statistics(second_real[draw])))
         result.inception.append(inception_score(features))
         result.sharpness.append(sharpness(features))
         if label is not None:

@@ -11,12 +11,12 @@ import os
 import torch
 from torch import nn
 
-from sarnet.classifier import MnistClassifier
+from sarnet.classifier import INSTRUMENTS
 from sarnet.errors import ConfigError, DataError
 from sarnet.model_files import load_weights, read_description
 from sarnet.registry import GENERATOR_CLASSES
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {**GENERATOR_CLASSES, MnistClassifier.kind: MnistClassifier}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {**GENERATOR_CLASSES, **{cls.kind: cls for cls in INSTRUMENTS.values()}}
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None, kind: str | None = None) -> nn.Module:
