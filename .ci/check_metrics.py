@@ -110,9 +110,14 @@ fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
     m = fid[name] = load_json(path)
-    fids = json.loads(Path(f"metrics/fid/sets/{name}.json").read_text())
-    if m.get("sets") != sets or len(fids) != sets:
-        problems.append(f"{path}: {len(fids)} per-set FIDs (sets={m.get('sets')}), params say {sets}")
+    by_instrument = json.loads(Path(f"metrics/fid/sets/{name}.json").read_text())
+    fids, mlp = by_instrument.get("cnn", []), by_instrument.get("mlp", [])
+    if m.get("sets") != sets or len(fids) != sets or len(mlp) != sets:
+        problems.append(f"{path}: {len(fids)} CNN and {len(mlp)} MLP per-set FIDs (sets={m.get('sets')}), params say {sets}")
+    for key in ("mlp_mean", "mlp_std"):
+        finite(path, key, m.get(key))
+    if mlp and abs(sum(mlp) / len(mlp) - m.get("mlp_mean", math.nan)) > 1e-4:
+        problems.append(f"{path}: mlp_mean {m.get('mlp_mean')} is not the mean of its per-set MLP FIDs")
     for i, value in enumerate(fids):
         finite(path, f"fids[{i}]", value)
     finite(path, "mean", m.get("mean"))
@@ -128,6 +133,8 @@ for name, sets in evaluated.items():
 # ... and the Markdown table shows exactly those numbers: "mean ± std (sets)" in every row.
 cell = re.compile(r"(\d+\.\d{3}) ± (\d+\.\d{3}) \((\d+)\)")
 table = Path("metrics/fid_table.md").read_text()
+if "**What holds on both instruments.**" not in table or "Spearman rank correlation between the instruments" not in table:
+    problems.append("metrics/fid_table.md: no 'what holds on both instruments' section")
 latent_rows = {int(line.split("|")[1]): line for line in table.splitlines() if re.match(r"\| \d+ \|", line)}
 if sorted(latent_rows) != sorted(PARAMS["latent_dims"]):
     problems.append(f"metrics/fid_table.md: rows for L = {sorted(latent_rows)}, params say {sorted(PARAMS['latent_dims'])}")

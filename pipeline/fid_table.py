@@ -12,8 +12,8 @@ from _stage import TIMING_DIR, params, run_name, stage
 from sarnet.files import write_json, write_text
 from sarnet.names import generator_name
 from sarnet.params import check_keys
-from sarnet.report import (FidRow, ablation_markdown, budget_markdown, describe_variant, fid_table_markdown,
-                           plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
+from sarnet.report import (FidRow, ablation_markdown, agreement_markdown, budget_markdown, describe_variant,
+                           fid_table_markdown, plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
 
 OUT = Path("metrics")
@@ -78,8 +78,8 @@ def main() -> None:
     spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
              if f"train/{name}" in seconds and f"fid/{name}" in seconds}
     table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
-                               labels) + budget_markdown(budgets, spent) + "\n" + scores_markdown(
-        rows, records, calibration_file.get("references"))
+                               labels) + "\n" + agreement_markdown(rows, latent_dims) + "\n" + budget_markdown(
+        budgets, spent) + "\n" + scores_markdown(rows, records, calibration_file.get("references"))
     write_text(OUT / "fid_table.md", table)
     trained = {key: json.loads(path.read_text()) for key in variants
                if (path := OUT / "train" / f"{generator_name('sarnet', None, key)}.json").exists()}
@@ -88,7 +88,9 @@ def main() -> None:
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
-    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)} for r in rows})
+    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)}
+                                  | ({} if r.by("mlp") is None else dict(zip(("mlp_mean", "mlp_std"), r.by("mlp"))))
+                                  for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
                                         "total_hours": round(sum(seconds.values()) / 3600, 3)})
 

@@ -19,7 +19,8 @@ BUDGET_FLAG = 1.5  # a baseline whose stages took more than this × its budget i
 
 @dataclass(frozen=True)
 class FidRow:
-    """One model's evaluation: its FID record (metrics/fid/<name>.json) and per-set FIDs."""
+    """One model's evaluation: its FID record (metrics/fid/<name>.json) and per-set FIDs, by the CNN
+    instrument and (`second`) by the MLP instrument on the same sets."""
 
     name: str
     kind: str
@@ -30,21 +31,40 @@ class FidRow:
     data: str | None = None  # a variant (params.yaml `<kind>_data` key); None: Table 4.1's model
     dataset: str = "mnist"
     baseline: bool = False  # an entry of params.yaml's `baselines` (the seeds' other generators)
+    second: Sequence[float] = ()  # the MLP instrument's per-set FIDs
 
     @classmethod
-    def from_files(cls, name: str, kind: str, latent_dim: int | None, record: Mapping, fids: Sequence[float],
-                   data: str | None = None, dataset: str = "mnist", baseline: bool = False) -> "FidRow":
-        """From an evaluation's record (mean, std, sets) and its per-set FIDs, which must agree in number."""
-        if len(fids) != record["sets"]:
-            raise ValueError(f"{name}: {len(fids)} per-set FIDs for {record['sets']} sets")
-        return cls(name, kind, latent_dim, [float(f) for f in fids], float(record["mean"]), float(record["std"]),
-                   data, dataset, baseline)
+    def from_files(cls, name: str, kind: str, latent_dim: int | None, record: Mapping,
+                   fids: Sequence[float] | Mapping[str, Sequence[float]], data: str | None = None,
+                   dataset: str = "mnist", baseline: bool = False) -> "FidRow":
+        """From an evaluation's record (mean, std, sets) and its per-set FIDs ({"cnn": …, "mlp": …}, or the
+        CNN's alone), which must agree in number."""
+        by_instrument = fids if isinstance(fids, Mapping) else {"cnn": fids}
+        cnn, mlp = by_instrument["cnn"], by_instrument.get("mlp", ())
+        if len(cnn) != record["sets"] or (mlp and len(mlp) != record["sets"]):
+            raise ValueError(f"{name}: {len(cnn)} and {len(mlp)} per-set FIDs for {record['sets']} sets")
+        return cls(name, kind, latent_dim, [float(f) for f in cnn], float(record["mean"]), float(record["std"]),
+                   data, dataset, baseline, [float(f) for f in mlp])
+
+    def by(self, instrument: str) -> tuple[float, float] | None:
+        """(mean, std) over sets by the `cnn` or `mlp` instrument; None when that one did not score it."""
+        if instrument == "cnn":
+            return self.mean, self.std
+        if not self.second:
+            return None
+        mean = sum(self.second) / len(self.second)
+        return mean, (sum((f - mean) ** 2 for f in self.second) / len(self.second)) ** 0.5
 
 
 def _ours(row: FidRow | None) -> str:
     if row is None:
         return "not run"
     return f"{row.mean:.3f} ± {row.std:.3f} ({len(row.fids)})"
+
+
+def _mlp(row: FidRow | None) -> str:
+    value = None if row is None else row.by("mlp")
+    return "—" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
 def _thesis(value) -> str:
@@ -80,18 +100,22 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
         f"FID, mean ± std over sets (number of sets); each set {n_images:,} generated vs {n_images:,} real "
         "test images drawn with replacement.",
         "",
-        "| L | SarNET VAE (ours) | SarNET VAE (thesis) | conv VAE (ours) | conv VAE (thesis) |",
-        "| --- | --- | --- | --- | --- |",
+        "Ours by two instruments: the CNN of the calibration below (sets), and an MLP on raw pixels (the same sets).",
+        "",
+        "| L | SarNET VAE (ours) | SarNET VAE (ours, MLP) | SarNET VAE (thesis) | conv VAE (ours) | conv VAE (ours, MLP) | conv VAE (thesis) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for latent in latent_dims:
         cells = [str(latent)]
         for family in FAMILIES:
-            cells += [_ours(by_key.get((family, latent))), _thesis((thesis.get(family) or {}).get(latent))]
+            row = by_key.get((family, latent))
+            cells += [_ours(row), _mlp(row), _thesis((thesis.get(family) or {}).get(latent))]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| model | ours | thesis |", "| --- | --- | --- |"]
+    lines += ["", "| model | ours | ours, MLP | thesis |", "| --- | --- | --- | --- |"]
     for kind, label in SINGLE_MODELS.items():
         if (kind, None) in by_key or thesis.get(kind) is not None:
-            lines.append(f"| {label} | {_ours(by_key.get((kind, None)))} | {_thesis(thesis.get(kind))} |")
+            row = by_key.get((kind, None))
+            lines.append(f"| {label} | {_ours(row)} | {_mlp(row)} | {_thesis(thesis.get(kind))} |")
     for row in (r for r in rows if r.data is not None):
         published = (thesis.get(f"{row.kind}_data") or {}).get(row.data)
         if row.kind in SINGLE_MODELS:
@@ -99,11 +123,11 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
         else:
             label = (f"{FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
                      f"(scored on {row.dataset} test images by the {row.dataset} classifier)")
-        lines.append(f"| {label} | {_ours(row)} | {_thesis(published)} |")
+        lines.append(f"| {label} | {_ours(row)} | {_mlp(row)} | {_thesis(published)} |")
     for row in (r for r in rows if r.baseline):
         latent = "" if row.latent_dim is None else f", L = {row.latent_dim}"
         lines.append(f"| `{row.name}`: {BASELINE_KINDS.get(row.kind, row.kind)}{latent} (seeds' baseline) | "
-                     f"{_ours(row)} | — |")
+                     f"{_ours(row)} | {_mlp(row)} | — |")
     lines += [
         "",
         f"Scale: blur σ = 0.5 of real test fives scores {ours_blur:.3f} with our classifier and "
@@ -117,9 +141,11 @@ def write_sets_csv(rows: Sequence[FidRow], path: str | os.PathLike) -> None:
     """One line per (model, set): the raw numbers behind every mean and std."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "set", "fid"])
+    writer.writerow(["model", "set", "fid", "fid_mlp"])
     for row in rows:
-        writer.writerows([row.name, i, f"{fid:.6f}"] for i, fid in enumerate(row.fids))
+        second = list(row.second) or [None] * len(row.fids)
+        writer.writerows([row.name, i, f"{fid:.6f}", "" if other is None else f"{other:.6f}"]
+                         for i, (fid, other) in enumerate(zip(row.fids, second)))
     write_text(path, buffer.getvalue())
 
 
@@ -292,4 +318,75 @@ def scores_markdown(rows: Sequence[FidRow], records: Mapping[str, Mapping], refe
         lines.append(f"| {row.name} | {r['is_mean']:.3f} ± {r['is_std']:.3f} | {'—' if rate is None else f'{rate:.3f}'} | "
                      f"{_number(r, 'sharpness', 3)} | {_number(r, 'logit_spread_ratio', 2)} | "
                      f"{_number(r, 'nearest_train_distance', 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- what holds on both instruments (issue 20) ------------------------------------------------------
+
+def separation(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Which of two (mean, std) FIDs is better (lower) beyond their set-to-set std: "a", "b" or "tie"
+    (the gap is not larger than the two stds together)."""
+    gap = b[0] - a[0]
+    if abs(gap) <= a[1] + b[1]:
+        return "tie"
+    return "a" if gap > 0 else "b"
+
+
+def agreement(a: FidRow, b: FidRow) -> tuple[str, str, str]:
+    """(CNN's separation, MLP's separation, verdict) of comparing a with b."""
+    cnn, mlp = separation(a.by("cnn"), b.by("cnn")), separation(a.by("mlp"), b.by("mlp"))
+    if cnn == mlp:
+        verdict = "within noise on both" if cnn == "tie" else "holds on both"
+    elif "tie" in (cnn, mlp):
+        verdict = f"only the {'CNN' if mlp == 'tie' else 'MLP'} separates them"
+    else:
+        verdict = "the instruments disagree"
+    return cnn, mlp, verdict
+
+
+def _order(rows: Sequence[FidRow], instrument: str) -> list[int]:
+    return [r.latent_dim for r in sorted(rows, key=lambda r: r.by(instrument)[0])]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def agreement_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int]) -> str:
+    """Which of the report's comparisons hold whatever instrument scores them: SarNET VAE against the
+    conv VAE at each L, the order across L within each family, each baseline against SarNET VAE L = 128
+    (the thesis's main model), and the rank correlation of all rows between the instruments."""
+    scored = [r for r in rows if r.by("mlp") is not None]
+    by_key = {(r.kind, r.latent_dim): r for r in scored if r.data is None and not r.baseline}
+    lines = ["**What holds on both instruments.** A comparison is decided by an instrument when the FIDs differ by "
+             "more than their two set-to-set stds together; it holds when both instruments decide it the same way.", ""]
+
+    def line(label: str, a: FidRow, b: FidRow, names: tuple[str, str]) -> str:
+        cnn, mlp, verdict = agreement(a, b)
+        said = {"a": f"{names[0]} better", "b": f"{names[1]} better", "tie": "within noise"}
+        return (f"- {label}: CNN {a.mean:.2f} vs {b.mean:.2f} ({said[cnn]}), MLP {a.by('mlp')[0]:.2f} vs "
+                f"{b.by('mlp')[0]:.2f} ({said[mlp]}): **{verdict}**.")
+
+    for latent in latent_dims:
+        a, b = by_key.get(("sarnet_vae", latent)), by_key.get(("conv_vae", latent))
+        if a and b:
+            lines.append(line(f"SarNET VAE vs conv VAE, L = {latent}", a, b, ("SarNET VAE", "conv VAE")))
+    for family, label in FAMILIES.items():
+        family_rows = [by_key[(family, L)] for L in latent_dims if (family, L) in by_key]
+        if len(family_rows) >= 2:
+            cnn_order, mlp_order = _order(family_rows, "cnn"), _order(family_rows, "mlp")
+            rho = spearman([r.by("cnn")[0] for r in family_rows], [r.by("mlp")[0] for r in family_rows])
+            lines.append(f"- {label} across L, best first: CNN {' < '.join(map(str, cnn_order))}, MLP "
+                         f"{' < '.join(map(str, mlp_order))}: **{'the same order' if cnn_order == mlp_order else 'different orders'}** "
+                         f"(Spearman ρ = {rho:.2f}).")
+    main = by_key.get(("sarnet_vae", max(latent_dims))) if latent_dims else None
+    for row in (r for r in scored if r.baseline):
+        if main is not None:
+            lines.append(line(f"`{row.name}` vs SarNET VAE L = {main.latent_dim}", row, main, (row.name, "SarNET VAE")))
+    if len(scored) >= 3:
+        rho = spearman([r.by("cnn")[0] for r in scored], [r.by("mlp")[0] for r in scored])
+        lines.append(f"- All {len(scored)} rows: Spearman rank correlation between the instruments ρ = {rho:.3f}.")
     return "\n".join(lines) + "\n"
