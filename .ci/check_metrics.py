@@ -34,14 +34,15 @@ for ds in DATASETS:
     finite(path, "train_images", m.get("train_images"))
     if sum(load_json(f"metrics/prepare/{ds}_labels.json").get("test", [])) != m.get("test_images"):
         problems.append(f"metrics/prepare/{ds}_labels.json: label counts do not add up to the test size")
-    path = f"metrics/classifier/{ds}.json"
-    m = load_json(path)
-    finite(path, "test_accuracy", m.get("test_accuracy"))
-    if not 0.5 < m.get("test_accuracy", 0) <= 1:
-        problems.append(f"{path}: test_accuracy {m.get('test_accuracy')} is not a trained classifier's")
-    rows = list(csv.DictReader(open(f"metrics/classifier/{ds}_history.csv")))
-    if not rows:
-        problems.append(f"metrics/classifier/{ds}_history.csv: no epochs")
+    for name in (ds, f"{ds}_mlp"):  # the two FID instruments
+        path = f"metrics/classifier/{name}.json"
+        m = load_json(path)
+        finite(path, "test_accuracy", m.get("test_accuracy"))
+        if not 0.5 < m.get("test_accuracy", 0) <= 1:
+            problems.append(f"{path}: test_accuracy {m.get('test_accuracy')} is not a trained classifier's")
+        rows = list(csv.DictReader(open(f"metrics/classifier/{name}_history.csv")))
+        if not rows:
+            problems.append(f"metrics/classifier/{name}_history.csv: no epochs")
 
 path = "metrics/calibration.json"
 m = load_json(path)
@@ -55,6 +56,7 @@ if set(m.get("references", {})) != {"class", "all_digits"}:
     problems.append(f"{path}: no real-data references (class, all_digits) for the inception score and its companions")
 for key, row in rows.items():
     finite(path, f"{key}.fid", row.get("fid"))
+    finite(path, f"{key}.fid_mlp", row.get("fid_mlp"))
     finite(path, f"{key}.ratio", row.get("ratio"))
 table = [line for line in Path("metrics/calibration.md").read_text().splitlines() if line.startswith("| ")]
 if len(table) != 2 + len(rows):
