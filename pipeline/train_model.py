@@ -5,9 +5,10 @@ Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [
        python pipeline/train_model.py baseline <name>
 (variant: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`, `sarnet - mse`;
 name: a key of `baselines`, e.g. `baseline dcgan`)
-Writes the model file, its samples and, for a model that can reconstruct, the test images'
-reconstruction errors (`test_mse`, `test_l1`) and, for the thesis's models, a grid of the first 20
-test images each followed by its reconstruction. A baseline also keeps its per-step losses
+Writes the model file, its samples, what the model measures on the test images (`test_metrics`:
+reconstruction errors `test_mse`, `test_l1` for a model that reconstructs; NLL in nats and bits per
+dimension for a pixel model) and, for the thesis's models, a grid of the first 20 test images each
+followed by its reconstruction. A baseline also keeps its per-step losses
 (metrics/train/<name>_steps.csv: a GAN's two players move every step).
 """
 
@@ -58,14 +59,11 @@ def main(*args: str) -> None:
             "train_images": len(train[0]),
             **{f"final_{key}": round(value, 4) for key, value in history[-1].extra.items()},  # e.g. a GAN's g_loss
         }
-        if model.reconstructs:
-            reconstructed = model.reconstruct(test[0]).flatten(1)
-            metrics["test_mse"] = round(float((reconstructed - test[0]).pow(2).mean()), 5)  # per pixel, test images
-            metrics["test_l1"] = round(float((reconstructed - test[0]).abs().mean()), 5)
-            if not spec.baseline:
-                pairs = torch.stack([test[0][:20], reconstructed[:20]], dim=1).view(-1, 28, 28)
-                save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
-                tracker.log_artifact(reconstruction_path, "samples")
+        metrics |= {key: round(value, 5) for key, value in model.test_metrics(test[0]).items()}  # errors, NLL, …
+        if model.reconstructs and not spec.baseline:
+            pairs = torch.stack([test[0][:20], model.reconstruct(test[0][:20]).flatten(1)], dim=1).view(-1, 28, 28)
+            save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
+            tracker.log_artifact(reconstruction_path, "samples")
         timing = write_results(f"train/{name}", metrics,
                                {"seconds_per_epoch": round(sum(r.seconds for r in history) / len(history), 3)})
         tracker.log_metrics(metrics | timing)

@@ -57,6 +57,15 @@ class Generator(nn.Module):
         """(B, 784) real images -> (B, 28, 28) reconstructions in [0, 1], in eval mode."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def test_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """What the training stage records on the (B, 784) test images: the reconstruction errors per
+        pixel (`test_mse`, `test_l1`) of a model that reconstructs; a likelihood model says its NLL."""
+        if not self.reconstructs:
+            return {}
+        recon = self.reconstruct(x).flatten(1)
+        return {"test_mse": float((recon - x).pow(2).mean()), "test_l1": float((recon - x).abs().mean())}
+
     def generate(self, n: int, seed: int, settings: Mapping[str, Any]) -> torch.Tensor:
         """n images (n, 28, 28) as float32 on the CPU, seeded, with this kind's sampling settings."""
         check_keys(f"sampling.{self.kind}", settings, self.sampling_keys, required=True)

@@ -1,0 +1,298 @@
+"""The seeds' autoregressive pixel models (BASELINES.md §3, §6): PixelCNN and PixelRNN (Row LSTM) over 256
+grey levels, each with an exact cached sampler and a likelihood.
+
+Both read the image in raster order: the logits at pixel p depend only on the pixels before p (masked
+convolutions; type A excludes the centre tap, type B includes it). Sampling draws pixel p by the
+inverse CDF of softmax(logits / T) at a uniform drawn up front on the CPU generator, so the cached
+sampler (each layer's activation at a position computed once, when the inputs it may see are final:
+about one forward pass per image) and the naive one (the whole network once per pixel, as the seeds'
+code does) meet the same draws and give the same images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sarnet.errors import ConfigError
+from sarnet.layers import IMAGE_SIZE, PIXELS, evaluating
+from sarnet.models import Generator
+
+
+def causal_mask(k: int, mask_type: str) -> torch.Tensor:
+    """(k, k) raster-order mask: rows above the centre, and the centre row left of the centre; the centre
+    itself for type B only."""
+    if mask_type not in ("A", "B") or k % 2 == 0:
+        raise ConfigError(f"a causal mask needs type A or B and an odd size, got {mask_type!r} and {k}")
+    mask = torch.zeros(k, k)
+    mask[: k // 2] = 1
+    mask[k // 2, : k // 2 + (mask_type == "B")] = 1
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A k×k convolution (stride 1, same padding) whose taps are masked causally (type A or B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, k: int, mask_type: str) -> None:
+        super().__init__(in_channels, out_channels, k, padding=k // 2)
+        self.register_buffer("mask", causal_mask(k, mask_type), persistent=False)
+        self.taps = [(ky - k // 2, kx - k // 2) for ky in range(k) for kx in range(k) if self.mask[ky, kx]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+    def tap_weight(self) -> torch.Tensor:
+        """(in_channels·taps, out_channels): the allowed taps as one matrix, channel-major like `gather`."""
+        k = self.kernel_size[0]
+        rows = torch.tensor([dy + k // 2 for dy, _ in self.taps])
+        cols = torch.tensor([dx + k // 2 for _, dx in self.taps])
+        return self.weight[:, :, rows, cols].reshape(self.out_channels, -1).t()
+
+
+class PaddedMap:
+    """A layer's activations (N, C, size, size) kept with a zero border, filled in one position at a time."""
+
+    def __init__(self, n: int, channels: int, pad: int, like: torch.Tensor, size: int = IMAGE_SIZE) -> None:
+        self.pad = pad
+        self.data = torch.zeros(n, channels, size + 2 * pad, size + 2 * pad, dtype=like.dtype, device=like.device)
+
+    def gather(self, r: int, c: int, taps: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """(N, C·taps) of the taps around (r, c), channel-major (as MaskedConv2d.tap_weight)."""
+        rows = torch.tensor([r + dy + self.pad for dy, _ in taps], device=self.data.device)
+        cols = torch.tensor([c + dx + self.pad for _, dx in taps], device=self.data.device)
+        return self.data[:, :, rows, cols].reshape(len(self.data), -1)
+
+    def write(self, r: int, c: int, values: torch.Tensor) -> None:
+        self.data[:, :, r + self.pad, c + self.pad] = values
+
+
+def draw_levels(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Inverse-CDF draw of a class per row of (N, levels) logits at the given (N,) uniforms in [0, 1)."""
+    cdf = torch.softmax(logits.double().cpu() / temperature, dim=1).cumsum(dim=1)
+    return torch.searchsorted(cdf, uniforms.unsqueeze(1), right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+
+
+class _PixelModel(Generator):
+    """A 256-level autoregressive model of 28×28 images: logits (N, levels, 28, 28) from (N, 784) pixels."""
+
+    sampling_keys = ("batch_size", "temperature")
+    reconstructs = False  # it predicts each pixel from the real ones before it; no image is mapped back
+    levels: int
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 784) pixels in [0, 1] -> (N, 28, 28) grey levels 0..levels−1."""
+        return (x * (self.levels - 1)).round().long().clamp_(0, self.levels - 1).view(-1, IMAGE_SIZE, IMAGE_SIZE)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Per-image negative log-likelihood in nats (cross-entropy summed over the 784 pixels)."""
+        x = batch[0]
+        return F.cross_entropy(self.logits(x), self.targets(x), reduction="none").sum(dim=(1, 2))
+
+    @torch.no_grad()
+    def test_metrics(self, x: torch.Tensor) -> dict[str, float]:
+        """Test NLL in nats per image and in bits per dimension (nats / (784 · ln 2))."""
+        with evaluating(self):
+            nats = float(self.loss((x,)).mean())
+        return {"test_nll_nats": nats, "test_bits_per_dim": nats / (PIXELS * math.log(2))}
+
+    def _images(self, levels: torch.Tensor) -> torch.Tensor:
+        return levels.to(torch.float32) / (self.levels - 1)
+
+    @torch.no_grad()
+    def sample_levels(self, uniforms: torch.Tensor, temperature: float, method: str = "cached") -> torch.Tensor:
+        """(N, 784) grey levels drawn at the given (N, 784) uniforms, raster order."""
+        if method not in ("cached", "naive"):
+            raise ConfigError(f"method must be 'cached' or 'naive', got {method!r}")
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        with evaluating(self):  # no_grad from the decorator
+            return (self._cached if method == "cached" else self._naive)(uniforms, temperature)
+
+    def _naive(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        param = self._param()
+        levels = torch.zeros(len(uniforms), PIXELS, dtype=torch.long)
+        for p in range(PIXELS):
+            pixels = self._images(levels).to(param.device, param.dtype)
+            logits = self.logits(pixels)[:, :, p // IMAGE_SIZE, p % IMAGE_SIZE]
+            levels[:, p] = draw_levels(logits, uniforms[:, p], temperature)
+        return levels
+
+    def _cached(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, *, batch_size: int, temperature: float,
+               method: str = "cached") -> torch.Tensor:
+        """n images (n, 28, 28) with values k/255, `batch_size` at a time."""
+        uniforms = torch.rand(n, PIXELS, generator=generator, dtype=torch.float64)
+        parts = [self._images(self.sample_levels(uniforms[i : i + batch_size], temperature, method))
+                 for i in range(0, n, batch_size)]
+        return (torch.cat(parts) if parts else torch.zeros(0, PIXELS)).view(n, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _positive(kind: str, **values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{kind}: {name} must be a positive integer, got {value!r}")
+
+
+class PixelCNN(_PixelModel):
+    """PixelCNN-small (BASELINES.md §3.3): mask-A 7×7 conv 1 → C, ReLU; `blocks` residual blocks
+    h + ReLU(mask-B 3×3 conv C → C); 1×1 conv C → 2C, ReLU; 1×1 conv → `levels` logits. No BatchNorm:
+    in training mode its batch statistics would leak later pixels into earlier ones."""
+
+    kind = "pixelcnn"
+    arch_keys = ("channels", "blocks", "levels")
+
+    def __init__(self, channels: int, blocks: int, levels: int) -> None:
+        super().__init__()
+        _positive(self.kind, channels=channels, blocks=blocks, levels=levels)
+        self.model_args = {"channels": int(channels), "blocks": int(blocks), "levels": int(levels)}
+        self.levels = levels
+        self.first = MaskedConv2d(1, channels, 7, "A")
+        self.blocks = nn.ModuleList(MaskedConv2d(channels, channels, 3, "B") for _ in range(blocks))
+        self.head = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1), nn.ReLU(), nn.Conv2d(2 * channels, levels, 1))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.first(x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)))
+        for block in self.blocks:
+            h = h + F.relu(block(h))
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
+
+    def _cached(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Position by position: the first layer's and every block's activation at p from the maps of the
+        positions before (and, for type B, at) p, then the head at p; each computed once."""
+        param = self._param()
+        n = len(uniforms)
+        pixels = PaddedMap(n, 1, 3, param)
+        maps = [PaddedMap(n, self.first.out_channels, 1, param) for _ in range(len(self.blocks) + 1)]
+        weights = [(self.first.tap_weight(), self.first.bias)] + [(b.tap_weight(), b.bias) for b in self.blocks]
+        head_in, head_hidden = self.head[0], self.head[2]
+        levels = torch.zeros(n, PIXELS, dtype=torch.long)
+        for p in range(PIXELS):
+            r, c = divmod(p, IMAGE_SIZE)
+            w, b = weights[0]
+            h = F.relu(torch.addmm(b, pixels.gather(r, c, self.first.taps), w))
+            maps[0].write(r, c, h)
+            for i, block in enumerate(self.blocks):
+                w, b = weights[i + 1]
+                h = h + F.relu(torch.addmm(b, maps[i].gather(r, c, block.taps), w))
+                maps[i + 1].write(r, c, h)
+            hidden = F.relu(F.linear(h, head_in.weight.flatten(1), head_in.bias))
+            logits = F.linear(hidden, head_hidden.weight.flatten(1), head_hidden.bias)
+            levels[:, p] = draw_levels(logits, uniforms[:, p], temperature)
+            pixels.write(r, c, self._images(levels[:, p : p + 1]).to(param.device, param.dtype))
+        return levels
+
+
+class RowLSTM(nn.Module):
+    """One Row LSTM layer (van den Oord et al. 2016a), residual: gates from a width-3 row convolution of the
+    layer input masked to (c − 1, c) and an unmasked width-3 convolution of the previous row's state;
+    rows processed top to bottom; a 1×1 projection of the state added back to the input."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.input_to_state = nn.Conv2d(2 * hidden, 4 * hidden, (1, 3), padding=(0, 1))
+        self.register_buffer("row_mask", torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 3), persistent=False)
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, 3, padding=1)
+        self.project = nn.Conv2d(hidden, 2 * hidden, 1)
+
+    def cell(self, gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSTM update from (…, 4h, …) gate pre-activations (input, forget, output, candidate) and c of the row above."""
+        i, f, o, g = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        gates_in = F.conv2d(x, self.input_to_state.weight * self.row_mask, self.input_to_state.bias, padding=(0, 1))
+        h = torch.zeros(n, self.hidden, IMAGE_SIZE, dtype=x.dtype, device=x.device)
+        c = torch.zeros_like(h)
+        rows = []
+        for r in range(IMAGE_SIZE):
+            h, c = self.cell(gates_in[:, :, r, :] + self.state_to_state(h), c)
+            rows.append(h)
+        return x + self.project(torch.stack(rows, dim=2))
+
+
+class PixelRNN(_PixelModel):
+    """PixelRNN with Row LSTM layers (BASELINES.md §6): mask-A 7×7 conv 1 → 2h; `layers` residual Row LSTM
+    layers of h units; ReLU, 1×1 → 32, ReLU, 1×1 32 → 32, 1×1 → `levels` logits. Initial states are zero."""
+
+    kind = "pixelrnn_row"
+    arch_keys = ("hidden", "layers", "levels")
+
+    def __init__(self, hidden: int, layers: int, levels: int) -> None:
+        super().__init__()
+        _positive(self.kind, hidden=hidden, layers=layers, levels=levels)
+        self.model_args = {"hidden": int(hidden), "layers": int(layers), "levels": int(levels)}
+        self.levels = levels
+        self.first = MaskedConv2d(1, 2 * hidden, 7, "A")
+        self.rows = nn.ModuleList(RowLSTM(hidden) for _ in range(layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * hidden, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(),
+                                  nn.Conv2d(32, levels, 1))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE))
+        for layer in self.rows:
+            h = layer(h)
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
+
+    def _cached(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Pixel by pixel: each layer's input at (r, c) and (r, c − 1), its state of the row above at
+        c − 1, c, c + 1 (two row buffers per layer: the row above and the row being filled)."""
+        param = self._param()
+        n, hidden = len(uniforms), self.rows[0].hidden if len(self.rows) else 0
+        pixels = PaddedMap(n, 1, 3, param)
+        inputs = [PaddedMap(n, 2 * hidden, 1, param) for _ in range(len(self.rows) + 1)]
+
+        def zeros(width: int) -> torch.Tensor:
+            return torch.zeros(n, hidden, width, dtype=param.dtype, device=param.device)
+
+        above_h = [zeros(IMAGE_SIZE + 2) for _ in self.rows]  # padded by one column each side
+        above_c = [zeros(IMAGE_SIZE) for _ in self.rows]
+        this_h = [zeros(IMAGE_SIZE + 2) for _ in self.rows]
+        this_c = [zeros(IMAGE_SIZE) for _ in self.rows]
+        row_taps = [(0, -1), (0, 0)]
+        w_first = self.first.tap_weight()
+        w_in = [(layer.input_to_state.weight[:, :, 0, :2].reshape(4 * hidden, -1).t(), layer.input_to_state.bias)
+                for layer in self.rows]
+        w_state = [(layer.state_to_state.weight.reshape(4 * hidden, -1).t(), layer.state_to_state.bias) for layer in self.rows]
+        levels = torch.zeros(n, PIXELS, dtype=torch.long)
+        for p in range(PIXELS):
+            r, c = divmod(p, IMAGE_SIZE)
+            x = torch.addmm(self.first.bias, pixels.gather(r, c, self.first.taps), w_first)
+            inputs[0].write(r, c, x)
+            for i, layer in enumerate(self.rows):
+                w, b = w_in[i]
+                gates = torch.addmm(b, inputs[i].gather(r, c, row_taps), w)
+                ws, bs = w_state[i]
+                gates = gates + torch.addmm(bs, above_h[i][:, :, c : c + 3].reshape(n, -1), ws)
+                h, cell = layer.cell(gates, above_c[i][:, :, c])
+                this_h[i][:, :, c + 1], this_c[i][:, :, c] = h, cell
+                x = x + F.linear(h, layer.project.weight.flatten(1), layer.project.bias)
+                inputs[i + 1].write(r, c, x)
+            logits = x.view(n, -1, 1, 1)
+            logits = self.head(logits).view(n, -1)
+            levels[:, p] = draw_levels(logits, uniforms[:, p], temperature)
+            pixels.write(r, c, self._images(levels[:, p : p + 1]).to(param.device, param.dtype))
+            if c == IMAGE_SIZE - 1:  # the row is complete: it becomes the row above
+                above_h, this_h = this_h, above_h
+                above_c, this_c = this_c, above_c
+        return levels
+
+
+PIXEL_MODEL_CLASSES: dict[str, type[Generator]] = {cls.kind: cls for cls in (PixelCNN, PixelRNN)}
