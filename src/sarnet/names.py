@@ -10,7 +10,8 @@ from pathlib import Path
 from sarnet.errors import ConfigError
 from sarnet.model_files import SUFFIX
 
-GENERATOR_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost", "beta_vae", "gan_mlp", "dcgan")
+GENERATOR_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost", "beta_vae", "gan_mlp", "dcgan", "pixelcnn",
+                   "vqvae", "pixelrnn_row")
 LATENT_KINDS = ("sarnet_vae", "conv_vae", "beta_vae")
 _NAME = re.compile(r"[a-z0-9]+(_[a-z0-9]+)*")
 

@@ -1,5 +1,6 @@
 """Every generator kind the pipeline trains, by its `kind`: the thesis's models (models.py), the
-β-VAE, and the seeds' GANs (gans.py). The loader, the training stage and the CLI look kinds up here."""
+β-VAE, the seeds' GANs (gans.py), pixel models (autoregressive.py) and the VQ-VAE with its prior
+(vqvae.py). The loader, the training stage and the CLI look kinds up here."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from sarnet.errors import ConfigError
+from sarnet.autoregressive import PixelCNN, PixelRNN
 from sarnet.gans import DCGAN, GanMLP
 from sarnet.models import BetaVAE, ConvVAE, Generator, SarNet, SarNetVAE
+from sarnet.vqvae import VQVAE
 
 GENERATOR_CLASSES: dict[str, type[Generator]] = {
-    cls.kind: cls for cls in (SarNet, SarNetVAE, ConvVAE, BetaVAE, GanMLP, DCGAN)}
+    cls.kind: cls for cls in (SarNet, SarNetVAE, ConvVAE, BetaVAE, GanMLP, DCGAN, PixelCNN, VQVAE, PixelRNN)}
 
 
 def generator_class(kind: str) -> type[Generator]:

@@ -13,7 +13,8 @@ from sarnet.files import atomic_path, write_text
 
 FAMILIES = {"sarnet_vae": "SarNET VAE", "conv_vae": "conv VAE"}
 SINGLE_MODELS = {"sarnet": "simple SarNET", "gen_xgboost": "generative XGBoost"}
-BASELINE_KINDS = {"gan_mlp": "vanilla GAN (MLP)", "dcgan": "DCGAN", "beta_vae": "β-VAE"}
+BASELINE_KINDS = {"gan_mlp": "vanilla GAN (MLP)", "dcgan": "DCGAN", "beta_vae": "β-VAE", "pixelcnn": "PixelCNN",
+                  "vqvae": "VQ-VAE + PixelCNN prior", "pixelrnn_row": "PixelRNN (Row LSTM)"}
 BUDGET_FLAG = 1.5  # a baseline whose stages took more than this × its budget is flagged
 
 
