@@ -74,8 +74,12 @@ models = list(epochs)
 for name in models:
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    for key in ("final_train_loss", "final_test_loss", *(() if BASELINES.get(name, {}).get("kind") in ("gan_mlp", "dcgan")
-                                                          else ("test_mse", "test_l1"))):
+    kind = BASELINES.get(name, {}).get("kind")
+    expected = {"gan_mlp": (), "dcgan": (), "pixelcnn": ("test_nll_nats", "test_bits_per_dim"),
+                "pixelrnn_row": ("test_nll_nats", "test_bits_per_dim"),
+                "vqvae": ("test_mse", "test_l1", "codebook_perplexity", "codes_used", "prior_test_nll_nats")
+                }.get(kind, ("test_mse", "test_l1"))
+    for key in ("final_train_loss", "final_test_loss", *expected):
         finite(path, key, m.get(key))
     finite(f"metrics/timing/train/{name}.json", "seconds_per_epoch", load_json(f"metrics/timing/train/{name}.json").get("seconds_per_epoch"))
     history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
