@@ -1,0 +1,265 @@
+"""PixelCNN, PixelRNN (Row LSTM) and the VQ-VAE with its PixelCNN prior (BASELINES.md §3.7, §4.4, §6):
+causality by autograd Jacobian, cached samplers equal to the naive loop on the same draws, likelihood
+bookkeeping, the VQ-VAE's quantiser and gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sarnet.autoregressive import MaskedConv2d, PixelCNN, PixelRNN, RowLSTM, causal_mask, draw_levels
+from sarnet.errors import ConfigError
+from sarnet.model_files import SUFFIX
+from sarnet.training import TrainConfig, fit, seed_everything
+from sarnet.vqvae import GRID, VQVAE, CodePrior, OneHotMaskedConv, PhasedStep, perplexity
+
+SAMPLING = {"batch_size": 3, "temperature": 1.0}
+
+
+def small_pixelcnn(seed: int = 0) -> PixelCNN:
+    torch.manual_seed(seed)
+    return PixelCNN(channels=6, blocks=2, levels=256).double().eval()
+
+
+def small_pixelrnn(seed: int = 0) -> PixelRNN:
+    torch.manual_seed(seed)
+    return PixelRNN(hidden=3, layers=2, levels=256).double().eval()
+
+
+def small_vqvae(seed: int = 0) -> VQVAE:
+    torch.manual_seed(seed)
+    return VQVAE(code_dim=4, codebook_size=12, commitment=0.25, prior_channels=8, ae_epochs=1, ae_lr_decay=0.95,
+                 prior_lr=3e-4)
+
+
+# ---------------------------------------------------------------- masks and causality
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_mask_a_and_b_count_their_taps(k):
+    assert causal_mask(k, "A").sum() == (k * k - 1) // 2
+    assert causal_mask(k, "B").sum() == (k * k + 1) // 2
+
+
+POSITIONS = sorted({0, 1, 27, 28, 29, 55, 56, 400, 405, 755, 782, 783} | set(range(100, 784, 97)))
+
+
+@pytest.mark.parametrize("make", [small_pixelcnn, small_pixelrnn], ids=["pixelcnn", "pixelrnn_row"])
+def test_each_pixels_logits_depend_only_on_earlier_pixels(make):
+    """Autograd Jacobian on random weights: no gradient from pixel i itself or any later one; the left
+    neighbour and the pixel above do count (both directions of a Row LSTM's context); pixel 0 sees nothing."""
+    model = make()
+    for i in POSITIONS:
+        x = torch.rand(1, 784, dtype=torch.float64, requires_grad=True)
+        r, c = divmod(i, 28)
+        model.logits(x)[0, :, r, c].sum().backward()
+        grad = x.grad.flatten()
+        assert torch.all(grad[i:] == 0), f"pixel {i} sees a later pixel or itself"
+        if c > 0:
+            assert grad[i - 1] != 0, f"pixel {i} does not see its left neighbour"
+        if r > 0:
+            assert grad[i - 28] != 0, f"pixel {i} does not see the pixel above"
+    x = torch.rand(1, 784, dtype=torch.float64, requires_grad=True)
+    model.logits(x)[0, :, 0, 0].sum().backward()
+    assert torch.all(x.grad == 0)
+
+
+def test_the_prior_at_a_code_position_ignores_that_code_and_every_later_one():
+    prior = small_vqvae().prior.double().eval()
+    torch.manual_seed(1)
+    codes = torch.randint(0, 12, (2, GRID, GRID))
+    base = prior(codes)
+    for i in range(GRID * GRID):
+        changed = codes.clone().view(2, -1)
+        changed[:, i:] = torch.randint(0, 12, (2, GRID * GRID - i))
+        out = prior(changed.view(2, GRID, GRID))
+        r, c = divmod(i, GRID)
+        assert torch.equal(out[:, :, r, c], base[:, :, r, c]), f"code position {i}"
+    assert torch.equal(prior(torch.zeros_like(codes))[:, :, 0, 0], base[:, :, 0, 0])  # position 0: a constant
+
+
+def test_the_lookup_first_layer_equals_the_one_hot_masked_convolution():
+    torch.manual_seed(2)
+    layer = OneHotMaskedConv(10, 5)
+    codes = torch.randint(0, 10, (3, GRID, GRID))
+    one_hot = F.one_hot(codes, 10).permute(0, 3, 1, 2).float()
+    expected = F.conv2d(one_hot, layer.conv.weight * layer.conv.mask, layer.conv.bias, padding=3)
+    torch.testing.assert_close(layer(codes), expected, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- cached samplers = naive loops
+
+def uniforms(n: int, steps: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_cached_pixelcnn_sampler_equals_the_naive_loop(seed):
+    model = small_pixelcnn(seed)
+    u = uniforms(3, 784, seed)
+    cached = model.sample_levels(u, 1.0, "cached")
+    assert torch.equal(cached, model.sample_levels(u, 1.0, "naive"))
+    assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), 1.0, "cached"))
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_cached_row_lstm_sampler_equals_the_naive_loop(seed):
+    model = small_pixelrnn(seed)
+    u = uniforms(2, 784, seed)
+    assert torch.equal(model.sample_levels(u, 0.8, "cached"), model.sample_levels(u, 0.8, "naive"))
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10])
+def test_cached_prior_sampler_equals_the_naive_loop(seed):
+    prior = small_vqvae(seed).prior.double().eval()
+    u = uniforms(4, GRID * GRID, seed)
+    assert torch.equal(prior.sample_codes(u, 1.0, "cached"), prior.sample_codes(u, 1.0, "naive"))
+
+
+def test_draws_follow_the_inverse_cdf():
+    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]] * 5, dtype=torch.float64))
+    u = torch.tensor([0.0, 0.19, 0.21, 0.49, 0.99], dtype=torch.float64)
+    assert draw_levels(logits, u, 1.0).tolist() == [0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("make", [lambda: PixelCNN(4, 1, 256), lambda: PixelRNN(2, 1, 256), lambda: small_vqvae()])
+def test_generate_is_seeded_and_gives_pixels(make):
+    torch.manual_seed(11)
+    model = make()
+    a, b, c = (model.generate(3, seed, SAMPLING) for seed in (1, 1, 2))
+    assert a.shape == (3, 28, 28) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    if not isinstance(model, VQVAE):
+        assert torch.equal((a * 255).round() / 255, a)  # multiples of 1/255
+
+
+# ---------------------------------------------------------------- likelihood bookkeeping and training
+
+@pytest.mark.parametrize("levels, nats", [(256, 784 * math.log(256)), (2, 784 * math.log(2))])
+def test_zero_logits_cost_log_levels_per_pixel(levels, nats):
+    model = PixelCNN(4, 1, levels)
+    with torch.no_grad():
+        model.head[2].weight.zero_()
+        model.head[2].bias.zero_()
+    x = torch.rand(5, 784)
+    torch.testing.assert_close(model.loss((x,)), torch.full((5,), nats), rtol=1e-6, atol=1e-4)
+    metrics = model.test_metrics(x)
+    assert metrics["test_nll_nats"] == pytest.approx(nats, rel=1e-6)
+    assert metrics["test_bits_per_dim"] == pytest.approx(math.log2(levels), rel=1e-6)
+
+
+def test_a_row_lstm_cell_by_hand():
+    layer = RowLSTM(1)
+    gates = torch.tensor([[[0.5], [-1.0], [2.0], [0.3]]])  # input, forget, output, candidate; (1, 4, 1)
+    h, c = layer.cell(gates, torch.tensor([[[0.7]]]))
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    c_hand = sig(-1.0) * 0.7 + sig(0.5) * math.tanh(0.3)
+    assert c.item() == pytest.approx(c_hand, rel=1e-6)
+    assert h.item() == pytest.approx(sig(2.0) * math.tanh(c_hand), rel=1e-6)
+
+
+def images(n: int = 256, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    blobs = torch.zeros(n, 28, 28)
+    for i, (r, c) in enumerate(torch.randint(4, 20, (n, 2), generator=g).tolist()):
+        blobs[i, r : r + 6, c : c + 4] = 1.0
+    return (blobs.view(n, 784) * 255).round() / 255
+
+
+@pytest.mark.parametrize("make", [lambda: PixelCNN(8, 2, 256), lambda: PixelRNN(4, 1, 256)], ids=["pixelcnn", "pixelrnn"])
+def test_one_epoch_lowers_the_training_loss(make, tmp_path):
+    seed_everything(12)
+    model = make()
+    x = images()
+    before = float(model.loss((x,)).mean())
+    fit(model, lambda m, b: m.loss(b), (x,), TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam", seed=1),
+        tmp_path / "c.pt", tmp_path / f"m{SUFFIX}", progress=False, device=torch.device("cpu"))
+    after = float(model.loss((x,)).mean())
+    assert math.isfinite(after) and after < before
+
+
+# ---------------------------------------------------------------- VQ-VAE
+
+def test_codes_are_the_nearest_codebook_vectors_ties_included():
+    model = small_vqvae()
+    with torch.no_grad():
+        model.codebook.weight[3] = model.codebook.weight[7]  # a tie: argmin takes the first
+    z_e = torch.randn(2, 4, GRID, GRID)
+    z_e[0, :, 0, 0] = model.codebook.weight[7].detach()
+    codes = model.quantize(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.equal(codes.flatten(), torch.cdist(flat, model.codebook.weight).argmin(-1))
+    assert codes[0, 0, 0] == 3
+
+
+def test_straight_through_gradients_reach_the_encoder_and_the_codebook_only_by_its_term():
+    model = small_vqvae()
+    x = images(4)
+    z_e = model.encode(x)
+    z_q = model.lookup(model.quantize(z_e.detach()))
+    z_st = z_e + (z_q - z_e).detach()
+    z_st.retain_grad()
+    recon = model.decoder(z_st)
+    recon.pow(2).sum().backward(retain_graph=True)
+    assert model.codebook.weight.grad is None or torch.all(model.codebook.weight.grad == 0)
+    grad_e = torch.autograd.grad(model.decoder(z_e + (z_q - z_e).detach()).pow(2).sum(), z_e, retain_graph=True)[0]
+    torch.testing.assert_close(grad_e, z_st.grad)
+    codebook_term = (z_q - z_e.detach()).pow(2).mean()
+    assert torch.autograd.grad(codebook_term, model.codebook.weight, retain_graph=True)[0].abs().sum() > 0
+    commitment = (z_e - z_q.detach()).pow(2).mean()
+    assert all(g is None for g in torch.autograd.grad(commitment, [model.codebook.weight], allow_unused=True))
+
+
+def test_the_autoencoder_loss_weights_only_the_commitment_by_beta():
+    model = small_vqvae()
+    x = images(3)
+    loss_a = model.autoencoder_loss(x)
+    model.commitment = 1.25  # one more unit of the commitment term
+    loss_b = model.autoencoder_loss(x)
+    z_e = model.encode(x)
+    z_q = model.lookup(model.quantize(z_e))
+    commitment = (z_e - z_q).pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(loss_b - loss_a, commitment.detach() * 1.0, rtol=1e-5, atol=1e-7)
+
+
+def test_perplexity_is_one_for_one_code_and_k_for_uniform_use():
+    assert perplexity(torch.full((100,), 5), 12) == pytest.approx(1.0)
+    assert perplexity(torch.arange(12).repeat(5), 12) == pytest.approx(12.0)
+
+
+def test_training_is_the_autoencoder_then_the_prior(tmp_path):
+    seed_everything(13)
+    model = small_vqvae()
+    step = PhasedStep(model, TrainConfig(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", seed=1), total_steps=2)
+    prior_before = [p.detach().clone() for p in model.prior.parameters()]
+    step((images(64),))
+    assert all(torch.equal(a, b) for a, b in zip(prior_before, model.prior.parameters()))
+    encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
+    step((images(64),))
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(prior_before, model.prior.parameters()))
+    with pytest.raises(ConfigError, match="leave epochs"):
+        PhasedStep(model, TrainConfig(epochs=1, batch_size=64, lr=1e-3, optimizer="adam"), total_steps=1)
+
+
+def test_the_vqvae_trains_through_fit_and_reports_its_codebook(tmp_path):
+    seed_everything(14)
+    model = small_vqvae()
+    x = images(128)
+    history = fit(model, lambda m, b: m.loss(b), (x,), TrainConfig(epochs=2, batch_size=64, lr=1e-3, optimizer="adam",
+                                                                   seed=1),
+                  tmp_path / "c.pt", tmp_path / f"m{SUFFIX}", test_data=(images(32, seed=1),), progress=False,
+                  device=torch.device("cpu"))
+    assert len(history) == 2 and all(math.isfinite(r.train_loss) for r in history)
+    metrics = model.test_metrics(images(32, seed=1))
+    assert 1 <= metrics["codebook_perplexity"] <= 12 and 1 <= metrics["codes_used"] <= 12
+    assert {"test_mse", "test_l1", "prior_test_nll_nats", "prior_test_bits_per_code"} <= set(metrics)
+
+
+@pytest.mark.parametrize("make", [lambda: PixelCNN(0, 1, 256), lambda: PixelRNN(4, 0, 256),
+                                  lambda: VQVAE(4, 12, -1.0, 8, 1, 0.95, 3e-4), lambda: causal_mask(4, "A"),
+                                  lambda: MaskedConv2d(1, 1, 3, "C")])
+def test_impossible_settings_are_one_line_errors(make):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert "\n" not in str(info.value)
