@@ -9,7 +9,10 @@ are a prefix of one array: training and generation slice it instead of copying.
 
 Generation (thesis order): predict patch i, clip to [0, 1], randomise it while i ≤ i_max
 (each pixel, with probability p_s = (1 − (i+1)/P)^α, becomes 0 with probability 1 − v and keeps
-v otherwise), refine, clip. Everything runs on the whole batch of images at once.
+v otherwise), refine, clip. Everything runs on the whole batch of images at once. The notebook's
+generation differs (docs/protocol.md "Generative XGBoost"); its choices are switches: p_s rising
+with i (`randomise_rising`), the refiner of patch i − 1 for patch i (`refiner_offset: 1`), and, ours
+to test, a Bernoulli draw (`randomisation: bernoulli`: white with probability v, else black).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class GenXGBConfig:
     seed: int
     alpha: float  # randomisation exponent
     i_max: int  # last (1-based) patch that is randomised
+    # Defaults: the thesis's generation (and what model folders saved before the switches did).
+    randomisation: str = "zero"  # "zero": 0 w.p. 1 − v, else v (thesis text); "bernoulli": 1 w.p. v, else 0
+    randomise_rising: bool = False  # p_s = ((i+1)/P)^α (the notebook) instead of (1 − (i+1)/P)^α
+    refiner_offset: int = 0  # 1: patch i refined by refiner i − 1 (the notebook)
 
     def __post_init__(self) -> None:
         if self.patch < 1 or IMAGE_SIZE % self.patch:
@@ -58,6 +65,11 @@ class GenXGBConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0 or self.blur_sigma < 0 or self.alpha < 0 or self.i_max < 0:
             raise ConfigError("learning_rate must be > 0; blur_sigma, alpha and i_max must be >= 0")
+        if self.randomisation not in ("zero", "bernoulli"):
+            raise ConfigError(f"randomisation must be zero or bernoulli, got {self.randomisation!r}")
+        if not isinstance(self.randomise_rising, bool) or self.refiner_offset not in (0, 1):
+            raise ConfigError(f"randomise_rising must be true or false and refiner_offset 0 or 1, got "
+                              f"{self.randomise_rising!r} and {self.refiner_offset!r}")
         if self.multi_strategy not in ("one_output_per_tree", "multi_output_tree"):
             raise ConfigError(f"multi_strategy must be one_output_per_tree or multi_output_tree, got {self.multi_strategy!r}")
 
@@ -187,11 +199,16 @@ class GenerativeXGBoost:
             x = features[:, : predictor_width(i, k)]
             values = np.clip(self.predictors[i - 1].inplace_predict(x).reshape(len(x), k), 0.0, 1.0)
             if rng is not None and i + 1 <= c.i_max:
-                p_s = (1.0 - (i + 1) / c.n_patches) ** c.alpha
+                share = (i + 1) / c.n_patches
+                p_s = (share if c.randomise_rising else 1.0 - share) ** c.alpha
                 randomise = rng.random(values.shape) < p_s
-                keep = rng.random(values.shape) < values  # 0 with probability 1 − v, else v
-                values = np.where(randomise & ~keep, 0.0, values)
-            values = np.clip(self.refiners[i].inplace_predict(values.astype(np.float32)).reshape(len(x), k), 0.0, 1.0)
+                draw = rng.random(values.shape) < values
+                if c.randomisation == "zero":  # 0 with probability 1 − v, else v
+                    values = np.where(randomise & ~draw, 0.0, values)
+                else:  # white with probability v, else black
+                    values = np.where(randomise, draw.astype(values.dtype), values)
+            refiner = self.refiners[i - c.refiner_offset]
+            values = np.clip(refiner.inplace_predict(values.astype(np.float32)).reshape(len(x), k), 0.0, 1.0)
             patches[:, i] = values
             features[:, i * (k + 1) : (i + 1) * (k + 1)] = np.concatenate([values, values.mean(1, keepdims=True)], 1)
         return patches
