@@ -171,3 +171,61 @@ def test_an_interrupted_fit_stops_after_the_models_in_training(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         model.fit(real_or_synthetic_images(50), progress=progress)
     assert len(trained) < 10  # a few models already running or collected, not all 391 (195 before the fix)
+
+
+# ---------------------------------------------------------------- generation switches (issue 17: fives, not fragments)
+
+class Constant:
+    """A stand-in booster: every prediction is one value (`inplace_predict` as XGBoost's)."""
+
+    def __init__(self, value: float, width: int = 4) -> None:
+        self.value, self.width = value, width
+
+    def inplace_predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full((len(x), self.width), self.value, dtype=np.float32)
+
+
+class Identity:
+    def inplace_predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32)
+
+
+def stub_model(predicted: float = 0.5, **overrides) -> GenerativeXGBoost:
+    c = config(**({"alpha": 0.0, "i_max": 196} | overrides))  # alpha 0: every patch randomised (p_s = 1)
+    return GenerativeXGBoost(c, [Constant(predicted) for _ in range(195)], [Identity() for _ in range(196)])
+
+
+def test_the_thesis_randomisation_keeps_v_with_probability_v_so_its_mean_is_v_squared():
+    """The expectation the fragments come from: a 0.5 stroke pixel averages 0.25 after randomisation."""
+    images = stub_model(0.5).generate(2000, 0, SETTINGS)
+    later = to_patches(images, 2)[:, 1:]
+    assert set(np.unique(later).tolist()) == {0.0, 0.5}
+    assert abs(later.mean() - 0.25) < 0.01
+
+
+def test_a_bernoulli_randomisation_draws_black_or_white_with_mean_v():
+    images = stub_model(0.5, randomisation="bernoulli").generate(2000, 0, SETTINGS)
+    later = to_patches(images, 2)[:, 1:]
+    assert set(np.unique(later).tolist()) == {0.0, 1.0}
+    assert abs(later.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("rising", [False, True])
+def test_the_randomisation_falls_or_rises_with_the_patch_index(rising):
+    images = stub_model(0.5, alpha=1.0, randomise_rising=rising, randomisation="bernoulli").generate(4000, 1, SETTINGS)
+    patches = to_patches(images, 2)
+    early, late = patches[:, 2:20], patches[:, 176:194]
+    randomised = lambda block: np.isin(block, (0.0, 1.0)).mean()  # noqa: E731 (untouched pixels stay 0.5)
+    assert (randomised(early) < randomised(late)) == rising
+
+
+def test_the_notebooks_refiner_of_the_previous_patch():
+    c = config(i_max=0, refiner_offset=1)
+    refiners = [Constant(i / 1000) for i in range(196)]
+    images = GenerativeXGBoost(c, [Constant(0.5) for _ in range(195)], refiners).generate(3, 0, SETTINGS)
+    patches = to_patches(images, 2)
+    assert np.allclose(patches[:, 10], 9 / 1000) and np.allclose(patches[:, 195], 194 / 1000)
+    with pytest.raises(ConfigError):
+        config(refiner_offset=2)
+    with pytest.raises(ConfigError):
+        config(randomisation="ones")
