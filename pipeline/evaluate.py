@@ -19,6 +19,7 @@ from _model_spec import model_spec
 from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
 
+from sarnet.classifier import instrument_path
 from sarnet.data import load_prepared, to_unit_tensor
 from sarnet.device import default_device
 from sarnet.errors import ConfigError
@@ -27,7 +28,6 @@ from sarnet.figures import save_grid
 from sarnet.files import write_json
 from sarnet.generators import load_generator
 from sarnet.loader import load_model
-from sarnet.classifier import instrument_path
 from sarnet.params import check_int, check_keys
 from sarnet.tracking import log_on_training_run, stage_run
 
