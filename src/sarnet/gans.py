@@ -17,7 +17,7 @@ from torch import nn
 from sarnet.errors import ConfigError
 from sarnet.layers import IMAGE_SIZE, evaluating
 from sarnet.models import Generator
-from sarnet.training import TrainConfig, check_finite, make_optimizer
+from sarnet.optim import TrainConfig, check_finite, make_optimizer
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sarnet.errors import ConfigError
 from sarnet.autoregressive import PixelCNN, PixelRNN
+from sarnet.errors import ConfigError
 from sarnet.gans import DCGAN, GanMLP
 from sarnet.models import BetaVAE, ConvVAE, Generator, SarNet, SarNetVAE
 from sarnet.vqvae import VQVAE

@@ -22,7 +22,7 @@ from sarnet.autoregressive import MaskedConv2d, PaddedMap, draw_levels
 from sarnet.errors import ConfigError
 from sarnet.layers import IMAGE_SIZE, evaluating
 from sarnet.models import Generator
-from sarnet.training import TrainConfig, check_finite
+from sarnet.optim import TrainConfig, check_finite
 
 GRID = 7  # the code map is 7×7 (seed 004: H_l = W_l = 7)
 
