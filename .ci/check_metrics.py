@@ -151,34 +151,26 @@ for L, line in latent_rows.items():
         problems.append(f"metrics/fid_table.md: L = {L} row has {len(found)} parsable results, expected 2: {line}")
         continue
     shown[f"sarnet_vae_L{L}"], shown[f"conv_vae_L{L}"] = found
-for name, label in (("sarnet", "simple SarNET"), ("gen_xgboost", "generative XGBoost")):
-    line = next((l for l in table.splitlines() if l.startswith(f"| {label} |")), "")
-    found = cell.findall(line)
+
+
+def one_result(matches, what: str) -> "tuple | None":
+    """The one parsable mean ± std (sets) of the FID table's first row for which matches(line) holds."""
+    found = cell.findall(next((l for l in table.splitlines() if matches(l)), ""))
     if len(found) != 1:
-        problems.append(f"metrics/fid_table.md: no parsable row for {label}")
-    else:
-        shown[name] = found[0]
-for key, v in VARIANTS.items():
-    line = next((l for l in table.splitlines() if f"training set `{key}`" in l), "")
-    found = cell.findall(line)
-    if len(found) != 1:
-        problems.append(f"metrics/fid_table.md: no parsable row for training set {key}")
-    else:
-        shown[f"sarnet_vae_{key}_L{v['latent_dim']}"] = found[0]
-for key in SARNET_VARIANTS:
-    line = next((l for l in table.splitlines() if l.startswith(f"| simple SarNET `{key}`:")), "")
-    found = cell.findall(line)
-    if len(found) != 1:
-        problems.append(f"metrics/fid_table.md: no parsable row for simple SarNET variant {key}")
-    else:
-        shown[f"sarnet_{key}"] = found[0]
+        problems.append(f"metrics/fid_table.md: no parsable row for {what}")
+        return None
+    return found[0]
+
+
+rows = {name: one_result(lambda l, label=label: l.startswith(f"| {label} |"), label)
+        for name, label in (("sarnet", "simple SarNET"), ("gen_xgboost", "generative XGBoost"))}
+rows |= {f"sarnet_vae_{key}_L{v['latent_dim']}": one_result(lambda l, key=key: f"training set `{key}`" in l,
+                                                              f"training set {key}") for key, v in VARIANTS.items()}
+rows |= {f"sarnet_{key}": one_result(lambda l, key=key: l.startswith(f"| simple SarNET `{key}`:"),
+                                     f"simple SarNET variant {key}") for key in SARNET_VARIANTS}
+rows |= {name: one_result(lambda l, name=name: l.startswith(f"| `{name}`:"), f"baseline {name}") for name in BASELINES}
+shown |= {name: result for name, result in rows.items() if result is not None}
 for name in BASELINES:
-    line = next((l for l in table.splitlines() if l.startswith(f"| `{name}`:")), "")
-    found = cell.findall(line)
-    if len(found) != 1:
-        problems.append(f"metrics/fid_table.md: no parsable row for baseline {name}")
-    else:
-        shown[name] = found[0]
     if not re.search(rf"^- `{name}`: \d+\.\d min of ", Path("metrics/budgets.md").read_text(), re.M):
         problems.append(f"metrics/budgets.md: no budget line for baseline {name}")
 ablation = Path("metrics/sarnet_ablation.md").read_text() if Path("metrics/sarnet_ablation.md").exists() else ""
