@@ -143,7 +143,7 @@ def _save_checkpoint(run: "_Run", epoch: int, fingerprint: str) -> None:
     }
     buffer = io.BytesIO()  # serialised in memory, so a full disk is a plain OSError, not a torch archive error
     torch.save(state, buffer)
-    with atomic_path(path) as tmp:
+    with atomic_path(run.checkpoint_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 
