@@ -83,13 +83,14 @@ def row(name: str) -> FidRow:
 def test_separation_needs_a_gap_beyond_both_stds():
     assert separation((5.0, 0.2), (5.5, 0.2)) == "a"
     assert separation((5.5, 0.2), (5.0, 0.2)) == "b"
-    assert separation((5.0, 0.2), (5.4, 0.2)) == "tie"  # a gap of exactly the two stds is noise
+    assert separation((5.0, 0.25), (5.5, 0.25)) == "tie"  # a gap of exactly the two stds is noise (exact in binary)
+    assert separation((5.0, 0.25), (5.5, 0.2)) == "a"
 
 
 def test_agreement_verdicts_on_hand_made_rows():
     assert agreement(row("sarnet_vae_L128"), row("conv_vae_L128")) == ("a", "a", "holds on both")
     assert agreement(row("sarnet_vae_L8"), row("conv_vae_L8")) == ("tie", "a", "only the MLP separates them")
-    flipped = FidRow("x_L8", "conv_vae", 8, [1.0], 4.0, 0.1, second=[2.0, 2.1])
+    flipped = FidRow("x_L8", "conv_vae", 8, [1.0], 4.0, 0.1, second=[9.0, 9.1])  # better by the CNN, worse by the MLP
     assert agreement(row("sarnet_vae_L8"), flipped)[2] == "the instruments disagree"
 
 

@@ -66,7 +66,7 @@ def test_pairwise_and_nearest_distances_against_brute_force():
     images, reference = torch.rand(7, 28, 28), torch.rand(30, 28, 28)
     brute = np.mean([min(float((a - b).pow(2).sum().sqrt()) for b in reference) for a in images])
     assert mean_nearest_distance(images, reference, chunk=8) == pytest.approx(brute, rel=1e-6)
-    assert mean_nearest_distance(reference[:5], reference) == pytest.approx(0.0, abs=1e-6)  # memorised: on its original
+    assert mean_nearest_distance(reference[:5], reference) == pytest.approx(0.0, abs=1e-4)  # memorised: 0 up to round-off; these random images lie ~10 apart
 
 
 class CountingFives(nn.Module):
