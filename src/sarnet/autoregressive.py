@@ -73,7 +73,8 @@ class PaddedMap:
 def draw_levels(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
     """Inverse-CDF draw of a class per row of (N, levels) logits at the given (N,) uniforms in [0, 1)."""
     cdf = torch.softmax(logits.double().cpu() / temperature, dim=1).cumsum(dim=1)
-    return torch.searchsorted(cdf, uniforms.unsqueeze(1), right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+    draws = uniforms.reshape(-1, 1).to(cdf).contiguous()  # often a column of the (N, pixels) draws
+    return torch.searchsorted(cdf, draws, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
 
 
 class _PixelModel(Generator):
