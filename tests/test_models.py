@@ -297,10 +297,10 @@ def test_quantise_matches_floor_formula(classes):
     lambda: SarNetVAE(latent_dim=0, hidden=HIDDEN, patch=PATCH),
     lambda: SarNetVAE(latent_dim=-3, hidden=HIDDEN, patch=PATCH),
     lambda: ConvVAE(latent_dim=0),
-    lambda: SarNet(HIDDEN, PATCH, classes=1, loss_power=1.0),
+    lambda: SarNet(HIDDEN, PATCH, classes=257, loss_power=1.0),
     lambda: SarNet(HIDDEN, PATCH, classes=-2, loss_power=1.0),
     lambda: SarNet([[2, 14]], PATCH, classes=0, loss_power=1.0),
-], ids=["sarnetvae_L0", "sarnetvae_Lneg", "convvae_L0", "sarnet_c1", "sarnet_cneg", "sarnet_bad_hidden"])
+], ids=["sarnetvae_L0", "sarnetvae_Lneg", "convvae_L0", "sarnet_c257", "sarnet_cneg", "sarnet_bad_hidden"])
 def test_bad_constructor_args_raise(make):
     with pytest.raises(ConfigError):
         make()
@@ -309,10 +309,11 @@ def test_bad_constructor_args_raise(make):
 # ---------------------------------------------------------------- building from params.yaml sections
 
 def test_build_model_takes_the_architecture_from_the_section_and_requires_it():
-    section = {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0, "epochs": 3}  # epochs: training's
+    section = {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0, "ssim": False,
+               "epochs": 3}  # epochs: training's
     model = build_model("sarnet", section)
     assert isinstance(model, SarNet) and model.classes == 4 and model.loss_power == 2.0
-    assert model.model_args == {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0}
+    assert model.model_args == {"hidden": HIDDEN, "patch": PATCH, "classes": 4, "loss_power": 2.0, "ssim": False}
     vae_model = build_model("sarnet_vae", {"hidden": HIDDEN, "patch": PATCH}, latent_dim=16)
     assert isinstance(vae_model, SarNetVAE) and vae_model.latent_dim == 16
     assert isinstance(build_model("conv_vae", {}, latent_dim=8), ConvVAE)

@@ -97,10 +97,10 @@ def test_every_score_comes_from_one_classifier_pass_per_set():
 
 
 def test_budgets_are_flagged_over_one_and_a_half_times():
-    text = budget_markdown({"gan_mlp": 8, "dcgan": 12, "beta_vae_b2_L8": 6}, {"gan_mlp": 7 * 60, "dcgan": 19 * 60})
+    text = budget_markdown({"gan_mlp": 8, "dcgan": 12, "beta_vae_b2_l8": 6}, {"gan_mlp": 7 * 60, "dcgan": 19 * 60})
     assert "- `gan_mlp`: 7.0 min of 8\n" in text
     assert "- `dcgan`: 19.0 min of 12 — **over 1.5× its budget**" in text
-    assert "- `beta_vae_b2_L8`: not run (budget 6 min)" in text
+    assert "- `beta_vae_b2_l8`: not run (budget 6 min)" in text
     assert "over" not in text.split("gan_mlp")[1].split("\n")[0]
 
 

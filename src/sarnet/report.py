@@ -390,4 +390,6 @@ def agreement_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int]) -> st
     if len(scored) >= 3:
         rho = spearman([r.by("cnn")[0] for r in scored], [r.by("mlp")[0] for r in scored])
         lines.append(f"- All {len(scored)} rows: Spearman rank correlation between the instruments ρ = {rho:.3f}.")
+    if len(lines) == 2:
+        lines.append("No comparison has been scored by both instruments yet.")
     return "\n".join(lines) + "\n"
