@@ -83,7 +83,8 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
     (["sample", "--model", "VAE", "--nrow", "0"], "--nrow must be >= 1"),
     (["sample", "--model", "VAE", "--threshold", "nan"], "--threshold must be in [0, 1]"),
     (["sample", "--model", "VAE", "--params", "no/such/params.yaml"], "params file not found"),
-    (["sample", "--model", "CLASSIFIER"], "needs a sarnet or sarnet_vae or conv_vae or beta_vae or gan_mlp or dcgan or pixelcnn or vqvae or pixelrnn_row model, this is a classifier"),
+    (["sample", "--model", "CLASSIFIER"], "needs a sarnet or sarnet_vae or conv_vae or beta_vae or gan_mlp or dcgan "
+                                          "or pixelcnn or vqvae or pixelrnn_row model, this is a classifier"),
     (["sample", "--model", "PICKLE"], "not a sarnet model file"),
     (["inpaint", "--model", "VAE", "--keep-patches", "0"], "--keep-patches must be in 1..49"),
     (["sample", "--model", "VAE", "--out", "DIR"], "a directory; give a file name"),
