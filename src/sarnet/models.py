@@ -131,7 +131,7 @@ class SarNet(Generator):
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Per-sample training loss."""
         x = batch[0]
-        out = self(x)
+        out = self(x).float()  # float32 losses under a bf16 autocast too
         if self.classes >= 2:
             return F.cross_entropy(out, self.quantise(x), reduction="none").mean(dim=1)
         if self.classes == 1:
@@ -264,6 +264,7 @@ class ConvEncoder(nn.Module):
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              kl_weight: float = 1.0) -> torch.Tensor:
     """Per-sample BCE (summed over pixels) + kl_weight · KL divergence to N(0, I) (summed over latents)."""
+    recon, mu, logvar = recon.float(), mu.float(), logvar.float()  # float32 under a bf16 autocast too
     bce = F.binary_cross_entropy(recon.clamp(1e-7, 1 - 1e-7), x, reduction="none").sum(dim=1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
     return bce + kl_weight * kl  # × 1.0 is exact: weight 1 is the plain VAE bit for bit

@@ -4,6 +4,7 @@ that stops a step before it updates anything on a non-finite loss."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable
@@ -43,6 +44,9 @@ class TrainConfig:
     reduction: str = "mean"  # per-sample losses -> objective: mean | sum (the VAEs' "sum" losses)
     seed: int = 0
     beta1: float = 0.9  # Adam's first-moment decay (torch's default; the GANs use 0.5)
+    # bfloat16: the forward's matmuls and convolutions autocast to bf16 (losses stay float32); on a
+    # CPU with native bf16 (AVX512-BF16, AMX) a step is ~1.6× faster, on one without it slower.
+    precision: str = "float32"  # float32 | bfloat16
 
     def __post_init__(self) -> None:
         _check_types("TrainConfig", asdict(self))
@@ -54,7 +58,8 @@ class TrainConfig:
             raise ConfigError(f"beta1 must be in [0, 1), got {self.beta1}")
         for name, value, allowed in (("optimizer", self.optimizer, ("adam", "sgd")),
                                      ("lr_schedule", self.lr_schedule, ("constant", "cosine")),
-                                     ("reduction", self.reduction, ("mean", "sum"))):
+                                     ("reduction", self.reduction, ("mean", "sum")),
+                                     ("precision", self.precision, ("float32", "bfloat16"))):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -70,6 +75,13 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def autocast_for(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context a training forward runs in: bf16 autocast for `precision: bfloat16`, else nothing."""
+    if config.precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

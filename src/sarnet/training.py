@@ -33,7 +33,7 @@ from sarnet.device import default_device
 from sarnet.errors import ConfigError, TrainingDiverged
 from sarnet.files import atomic_path
 from sarnet.model_files import describe, save_model
-from sarnet.optim import (NonFiniteLoss, TrainConfig, check_finite, make_optimizer, make_scheduler,  # noqa: F401
+from sarnet.optim import (NonFiniteLoss, TrainConfig, autocast_for, check_finite, make_optimizer, make_scheduler,  # noqa: F401
                           reduce_losses)
 
 # Per-sample losses, shape (B,), for one batch (a tuple of tensors sharing dim 0).
@@ -246,12 +246,13 @@ class GradientStep:
     """The default step: one optimiser (and schedule) on the batch's per-sample loss, reduced by `config.reduction`."""
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, config: TrainConfig, total_steps: int) -> None:
-        self.model, self.loss_fn, self.reduction = model, loss_fn, config.reduction
+        self.model, self.loss_fn, self.reduction, self.config = model, loss_fn, config.reduction, config
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
 
     def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        losses = guarded_loss(self.model, self.loss_fn, batch)
+        with autocast_for(self.config, batch[0].device):
+            losses = guarded_loss(self.model, self.loss_fn, batch)
         objective = reduce_losses(losses, self.reduction)
         check_finite(objective)
         self.optimizer.zero_grad(set_to_none=True)
