@@ -14,7 +14,7 @@ from sarnet.classifier import MnistClassifier
 from sarnet.errors import ConfigError
 from sarnet.loader import load_model
 from sarnet.model_files import SUFFIX, save_model
-from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.models import ConvVAE, SarNet, SarNetVAE, vae_loss
 from sarnet.registry import build_model
 from sarnet.semidense import SemiDense
 from reference import HIDDEN, PATCH, SAMPLING, reference_sample, sarnet, spread_vae, unit_patches, vae
@@ -401,3 +401,16 @@ def test_vae_sample_from_a_seeded_generator_equals_the_naive_loop(method):
     expected = reference_sample(model.decoder, z, threshold)
     assert (expected > 0).any() and (expected == 0).any()
     assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_a_bf16_forward_gives_float32_losses_summed_in_float32():
+    """Under a bf16 autocast the VAE loss sums 784 BCE terms in float32, not in bf16."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 784, generator=g)
+    recon = 0.05 + 0.9 * torch.rand(4, 784, generator=g)  # away from the clamp at 0 and 1, bf16-rounded or not
+    mu, logvar = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    low = [t.bfloat16() for t in (recon, mu, logvar)]
+    loss = vae_loss(low[0], x, low[1], low[2])
+    assert loss.dtype == torch.float32
+    up = [t.double() for t in low]  # the bf16 values, summed in float64 by the independent formula
+    torch.testing.assert_close(loss.double(), reference_vae_loss(x.double(), *up), rtol=1e-6, atol=1e-4)

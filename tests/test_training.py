@@ -243,3 +243,37 @@ def test_a_loss_raising_for_another_reason_is_not_called_divergence(tmp_path):
     with pytest.raises(RuntimeError, match="shape mismatch"):
         fit(make_model(), broken, regression_data(), CONFIG, tmp_path / "d.ckpt", final(tmp_path, "d"), progress=False,
             device=torch.device("cpu"))
+
+
+def test_bfloat16_precision_autocasts_the_forward_and_keeps_float32_weights_and_losses(tmp_path):
+    """`precision: bfloat16` runs the forward's matmuls in bf16 (so the run differs from float32, a
+    little), while weights, optimiser and the recorded losses stay float32."""
+    seen = []
+
+    def recording_mse(model, batch):
+        x, y = batch
+        out = model(x)
+        seen.append(out.dtype)
+        return ((out.float() - y) ** 2).mean(dim=1)
+
+    def train(precision, name):
+        model = make_model()
+        config = TrainConfig(epochs=2, batch_size=16, lr=0.01, optimizer="adam", seed=3, precision=precision)
+        history = fit(model, recording_mse, regression_data(), config, tmp_path / f"{name}.ckpt", final(tmp_path, name),
+                      progress=False, device=torch.device("cpu"))
+        return model, history
+
+    model32, history32 = train("float32", "f32")
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    model16, history16 = train("bfloat16", "bf16")
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model16.parameters())
+    # bf16 keeps ~3 significant digits: the same run, not the same bits
+    assert history16[-1].train_loss != history32[-1].train_loss
+    assert history16[-1].train_loss == pytest.approx(history32[-1].train_loss, rel=0.05)
+
+
+def test_an_unknown_precision_is_one_line():
+    with pytest.raises(ConfigError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
+        TrainConfig(epochs=1, batch_size=1, lr=0.1, precision="fp8")

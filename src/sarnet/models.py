@@ -131,7 +131,7 @@ class SarNet(Generator):
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Per-sample training loss."""
         x = batch[0]
-        out = self(x).float()  # float32 losses under a bf16 autocast too
+        out = _loss_precision(self(x))
         if self.classes >= 2:
             return F.cross_entropy(out, self.quantise(x), reduction="none").mean(dim=1)
         if self.classes == 1:
@@ -243,6 +243,11 @@ class SarNet(Generator):
         return images.view(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
+def _loss_precision(t: torch.Tensor) -> torch.Tensor:
+    """A bf16/fp16 output of an autocast forward as float32, so losses are summed in float32; other dtypes as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class ConvEncoder(nn.Module):
     """Conv 1→32 s2, Conv 32→64 s2, Conv 64→128 7×7, then μ and log σ² heads (both VAEs)."""
 
@@ -264,7 +269,7 @@ class ConvEncoder(nn.Module):
 def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              kl_weight: float = 1.0) -> torch.Tensor:
     """Per-sample BCE (summed over pixels) + kl_weight · KL divergence to N(0, I) (summed over latents)."""
-    recon, mu, logvar = recon.float(), mu.float(), logvar.float()  # float32 under a bf16 autocast too
+    recon, mu, logvar = _loss_precision(recon), _loss_precision(mu), _loss_precision(logvar)
     bce = F.binary_cross_entropy(recon.clamp(1e-7, 1 - 1e-7), x, reduction="none").sum(dim=1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
     return bce + kl_weight * kl  # × 1.0 is exact: weight 1 is the plain VAE bit for bit
