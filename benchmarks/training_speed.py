@@ -4,7 +4,8 @@
 
 For the SarNET VAE and the conv VAE (L = 128, the paper's `params.yaml` settings: batch 64, Adam,
 BCE + KL summed) both trees train on the same 5,421 random images through their own
-`sarnet.training.fit`, in fresh subprocesses that alternate baseline, current, baseline, … for
+`sarnet.training.fit` (the current tree with its section's `precision`, the baseline with whatever its
+code has), in fresh subprocesses that alternate baseline, current, baseline, … for
 `--rounds` rounds, so both see the same machine state. Each tree's best epoch is its time; the
 ratio baseline / current is the speed-up (issue 15's goal: ≥ 1.6× on 2 CPU cores). The baseline
 tree is a temporary `git worktree` of `--baseline`. Pass `--device cuda` on a GPU machine.
@@ -38,8 +39,9 @@ from sarnet.training import TrainConfig, fit, seed_everything
 kind, section, latent, epochs, device = json.loads(sys.argv[1])
 seed_everything(0)
 model = build_model(kind, section, latent)
+extra = {"precision": section["precision"]} if "precision" in section and "precision" in TrainConfig.__dataclass_fields__ else {}
 config = TrainConfig(epochs=epochs, batch_size=section["batch_size"], lr=section["lr"],
-                     optimizer=section["optimizer"], reduction=section["reduction"], seed=0)
+                     optimizer=section["optimizer"], reduction=section["reduction"], seed=0, **extra)
 train = (torch.rand(%d, 784, generator=torch.Generator().manual_seed(0)),)
 with tempfile.TemporaryDirectory() as tmp:
     history = fit(model, lambda m, b: m.loss(b), train, config, f"{tmp}/c.pt", f"{tmp}/m.safetensors",
