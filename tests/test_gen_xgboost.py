@@ -249,3 +249,47 @@ def test_the_notebooks_refiner_of_the_previous_patch():
         config(refiner_offset=2)
     with pytest.raises(ConfigError):
         config(randomisation="ones")
+
+
+# ---------------------------------------------------------------- stage xgboost_variants (issue 17)
+
+def _variants_stage():
+    import importlib
+    import sys
+
+    pipeline = str(Path(__file__).resolve().parents[1] / "pipeline")
+    sys.path.insert(0, pipeline)
+    try:
+        return importlib.import_module("xgboost_variants")
+    finally:
+        sys.path.remove(pipeline)
+
+
+def test_a_variant_shares_the_trained_models_and_changes_only_the_generation():
+    stage = _variants_stage()
+    base = stub_model(0.5, randomisation="bernoulli")
+    thesis = stage.variant_model(base, "thesis_text", {"randomisation": "zero"})
+    assert thesis.predictors is base.predictors and thesis.refiners is base.refiners
+    assert base.config.randomisation == "bernoulli"  # the trained model is left as it was
+    means = [to_patches(m.generate(2000, 0, SETTINGS), 2)[:, 1:].mean() for m in (thesis, base)]
+    assert abs(means[0] - 0.25) < 0.01 and abs(means[1] - 0.5) < 0.01  # v² and v, by hand
+
+
+@pytest.mark.parametrize("switches, message", [
+    ({"max_bin": 256}, "sets 'max_bin'; a variant may set only the generation switches"),
+    ({}, "must map switches to values"),
+    ({"randomisation": "ones"}, "randomisation must be zero or bernoulli"),
+])
+def test_a_variant_that_is_not_a_generation_switch_is_one_line(switches, message):
+    with pytest.raises(ConfigError, match=message):
+        _variants_stage().variant_model(stub_model(), "v", switches)
+
+
+def test_the_variants_table_spells_each_variant_and_its_scores():
+    from sarnet.fid import FidProtocol
+
+    record = {"mean": 80.314, "std": 1.551, "mlp_mean": 106.82, "mlp_std": 2.0, "five_rate": 0.9604, "sharpness": 0.8941}
+    table = _variants_stage().variants_markdown({"bernoulli": {"randomisation": "bernoulli"}}, {"bernoulli": record},
+                                                FidProtocol(10_000, 3, 2024))
+    assert "over 3 sets of 10,000" in table
+    assert "| `bernoulli` | randomisation bernoulli | 80.31 ± 1.55 | 106.82 ± 2.00 | 0.960 | 0.894 |" in table

@@ -1,0 +1,95 @@
+"""Stage `xgboost_variants`: the trained generative XGBoost generated with each set of generation switches
+in params.yaml's `gen_xgboost_variants` (the thesis text's draw, the notebook's choices, ours), scored like
+every row but over that section's `sets` (both instruments, the five-rate), with one sample grid each.
+
+The variants share the trained predictors and refiners: the switches act at generation only, so one
+training answers "which generation draws fives" (issue 17). Writes metrics/gen_xgboost_variants.json,
+a table in metrics/gen_xgboost_variants.md and metrics/gen_xgboost_variants/<variant>.png.
+"""
+
+import dataclasses
+
+import numpy as np
+import torch
+from _stage import params, run_name, stage, write_results
+from tqdm import tqdm
+
+from sarnet.classifier import instrument_path
+from sarnet.data import load_prepared, to_unit_tensor
+from sarnet.device import default_device
+from sarnet.errors import ConfigError
+from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.figures import save_grid
+from sarnet.files import write_text
+from sarnet.gen_xgboost import GenerativeXGBoost
+from sarnet.loader import load_model
+from sarnet.params import check_int, check_keys
+from sarnet.tracking import stage_run
+
+GENERATION_SWITCHES = ("randomisation", "randomise_rising", "refiner_offset", "alpha", "i_max")
+GRIDS = "metrics/gen_xgboost_variants"
+
+
+def variant_model(base: GenerativeXGBoost, name: str, switches: dict) -> GenerativeXGBoost:
+    """The trained model with other generation switches; training keys cannot change after training."""
+    if not isinstance(switches, dict) or not switches:
+        raise ConfigError(f"params.yaml: `gen_xgboost_variants.variants.{name}` must map switches to values")
+    unknown = sorted(set(switches) - set(GENERATION_SWITCHES))
+    if unknown:
+        raise ConfigError(f"params.yaml: `gen_xgboost_variants.variants.{name}` sets {unknown[0]!r}; a variant "
+                          f"may set only the generation switches {', '.join(GENERATION_SWITCHES)}")
+    return GenerativeXGBoost(dataclasses.replace(base.config, **switches), base.predictors, base.refiners)
+
+
+@stage
+def main() -> None:
+    p = params("gen_xgboost_variants")
+    check_keys("gen_xgboost_variants", p, ("sets", "variants"), required=True)
+    check_int("gen_xgboost_variants", "sets", p["sets"], minimum=1)
+    if not isinstance(p["variants"], dict) or not p["variants"]:
+        raise ConfigError("params.yaml: `gen_xgboost_variants.variants` must name at least one variant")
+    evaluation, model_params = params("evaluate"), params("gen_xgboost")
+    protocol = FidProtocol(evaluation["n_images"], p["sets"], evaluation["seed"])
+    settings = params("sampling")["gen_xgboost"]
+    base = GenerativeXGBoost.load("models/gen_xgboost")
+    variants = {name: variant_model(base, name, switches) for name, switches in p["variants"].items()}
+    dataset, digit = model_params["dataset"], model_params["digit"]
+    prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)
+    real_pool, train_pool = to_unit_tensor(prepared.test.images), to_unit_tensor(prepared.train.images)
+    device = default_device()
+    cnn = FidScorer(load_model(instrument_path(dataset, "cnn"), device, kind="classifier"), device=device)
+    mlp = FidScorer(load_model(instrument_path(dataset, "mlp"), device, kind="mlp_classifier"), device=device)
+
+    records: dict[str, dict[str, float]] = {}
+    with stage_run(run_name("xgboost_variants"), params={"variants": p["variants"], "sets": p["sets"]},
+                   dataset=dataset, tags={"model": "gen_xgboost", "evaluation": "fid"}) as tracker:
+        for name, model in tqdm(variants.items(), desc="variants", unit="variant"):
+            result = fid_over_sets(lambda n, seed, model=model: torch.from_numpy(model.generate(n, seed, settings)),
+                                   cnn, real_pool, protocol, label=digit, train_pool=train_pool, second=mlp)
+            save_grid(result.preview, f"{GRIDS}/{name}.png")
+            records[name] = {"mean": round(result.mean, 6), "std": round(result.std, 6),
+                             "mlp_mean": round(result.second_mean, 6), "mlp_std": round(result.second_std, 6),
+                             "five_rate": round(float(np.mean(result.class_rate)), 6),
+                             "sharpness": round(float(np.mean(result.sharpness)), 6)}
+            tracker.log_metrics({f"{name}.{key}": value for key, value in records[name].items()})
+            tracker.log_artifact(f"{GRIDS}/{name}.png", "samples")
+        write_results("gen_xgboost_variants", records)
+        write_text("metrics/gen_xgboost_variants.md", variants_markdown(p["variants"], records, protocol))
+    best = min(records, key=lambda name: records[name]["mean"])
+    print(f"xgboost_variants: best by FID (CNN) {best} {records[best]['mean']:.2f}")
+
+
+def variants_markdown(switches: dict[str, dict], records: dict[str, dict[str, float]], protocol: FidProtocol) -> str:
+    lines = [f"Generative XGBoost, one trained model, generation switches varied; FID mean ± std over "
+             f"{protocol.sets} sets of {protocol.n_images:,} (CNN and MLP instruments), five-rate and sharpness "
+             f"from the same pass. Grids: `{GRIDS}/<variant>.png`.", "",
+             "| variant | switches | FID | FID, MLP | five-rate | sharpness |", "| --- | --- | --- | --- | ---: | ---: |"]
+    for name, r in records.items():
+        spelled = ", ".join(f"{key} {value}" for key, value in switches[name].items())
+        lines.append(f"| `{name}` | {spelled} | {r['mean']:.2f} ± {r['std']:.2f} | {r['mlp_mean']:.2f} ± "
+                     f"{r['mlp_std']:.2f} | {r['five_rate']:.3f} | {r['sharpness']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
