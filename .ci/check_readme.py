@@ -5,7 +5,8 @@
 
 Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the README's
 `fid_table` block), §4.1's ablation tables (metrics/sarnet_ablation.md, verbatim, in the
-`sarnet_ablation` block) and the numbers of every row of the training table (`training` block) from
+`sarnet_ablation` block), the generative XGBoost's variants (metrics/gen_xgboost_variants.md, in the
+`gen_xgboost_variants` block) and the numbers of every row of the training table (`training` block) from
 metrics/train/ and metrics/timing/train/; the prose around them and the reference column are
 the author's.
 """
@@ -92,8 +93,9 @@ def main() -> None:
     text = README.read_text()
     text, fid_problems = verbatim(text, "fid_table")
     text, ablation_problems = verbatim(text, "sarnet_ablation")
+    text, variant_problems = verbatim(text, "gen_xgboost_variants")
     text, training_problems = training_table(text)
-    problems = fid_problems + ablation_problems + training_problems
+    problems = fid_problems + ablation_problems + variant_problems + training_problems
     if "--write" in sys.argv[1:]:
         README.write_text(text)
         print(f"README.md: {len(problems)} part(s) rewritten from metrics/")

@@ -10,15 +10,18 @@ import yaml
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "check_readme.py"
 TABLE = "FID, mean ± std over sets.\n\n| L | ours |\n| --- | --- |\n| 128 | 5.291 ± 0.239 (50) |\n\nScale: blur σ = 0.5 scores 8.011."
 ABLATION = "Simple SarNET, thesis §4.1.\n\n| variant | test MSE |\n| --- | ---: |\n| `mse` | 0.0300 |\n\n- MSE: as the thesis reports."
+VARIANTS = "Generative XGBoost, switches varied.\n\n| variant | FID |\n| --- | --- |\n| `bernoulli` | 80.42 ± 0.28 |\n\nGrids: g."
 
 
-def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION) -> Path:
+def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION,
+            variants_block: str = VARIANTS) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"sarnet": {"epochs": 500}, "sarnet_vae": {"epochs": 200}, "sarnet_vae_data": {"fashion": {"epochs": 20}}}))
     for folder in ("train", "timing/train"):
         (tmp_path / "metrics" / folder).mkdir(parents=True)
     (tmp_path / "metrics" / "fid_table.md").write_text(fid_table + "\n")
     (tmp_path / "metrics" / "sarnet_ablation.md").write_text(ABLATION + "\n")
+    (tmp_path / "metrics" / "gen_xgboost_variants.md").write_text(VARIANTS + "\n")
     for name, loss in (("sarnet_vae_L128", 80.4412), ("sarnet", 0.29312), ("sarnet_vae_fashion_L128", 224.63)):
         (tmp_path / "metrics" / "train" / f"{name}.json").write_text(json.dumps(
             {"final_train_loss": loss, "final_test_loss": 100.3, "best_test_loss": 92.14, "best_test_epoch": 45}))
@@ -28,7 +31,8 @@ def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, abla
         "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + TABLE + "\n\n**Reading it.** prose\n<!-- fid_table:end -->\n"
         "<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         + "\n".join(readme_rows) + "\n<!-- training:end -->\n"
-        "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n")
+        "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n"
+        "## XGBoost\n<!-- gen_xgboost_variants:start -->\n" + variants_block + "\n<!-- gen_xgboost_variants:end -->\n")
     return tmp_path
 
 
@@ -71,3 +75,12 @@ def test_the_ablation_block_is_filled_when_empty_and_repaired_when_stale(tmp_pat
         text = (path / "README.md").read_text()
         assert ABLATION in text and "0.0400" not in text and text.count("<!-- sarnet_ablation:start -->") == 1
         assert run(path).returncode == 0
+
+
+def test_a_stale_xgboost_variants_table_fails_and_write_repairs_it(tmp_path):
+    path = project(tmp_path, ROWS, variants_block=VARIANTS.replace("80.42", "169.24"))
+    result = run(path)
+    assert result.returncode == 1 and "gen_xgboost_variants block" in result.stdout
+    assert run(path, "--write").returncode == 0
+    text = (path / "README.md").read_text()
+    assert VARIANTS in text and "169.24" not in text and run(path).returncode == 0
