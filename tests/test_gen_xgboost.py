@@ -177,8 +177,14 @@ def test_an_interrupted_fit_stops_after_the_models_in_training(tmp_path):
         if done >= 3:
             time.sleep(0.2)
 
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(real_or_synthetic_images(50), progress=progress)
+    # Python's own SIGINT handler: a shell that starts a job in the background (`nohup bash .ci/run &`)
+    # ignores SIGINT in it, and an ignored signal stays ignored in the Python it starts.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(real_or_synthetic_images(50), progress=progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(trained) < 10  # the models already running when the signal came, not all 391 (195 before the fix)
 
 
