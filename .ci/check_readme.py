@@ -33,21 +33,24 @@ def block(text: str, name: str) -> tuple[int, int]:
 
 
 def verbatim(text: str, name: str) -> tuple[str, list[str]]:
-    """The README's `name` block holds metrics/<name>.md verbatim (between the author's prose)."""
+    """The README's `name` block holds metrics/<name>.md verbatim, from the file's first line to the block's
+    end, or to `<!-- name:table-end -->` where the author's prose follows the table inside the block. Only
+    the first line is searched for, so a table that gains rows (a new model) is still found and rewritten."""
     table = (METRICS / f"{name}.md").read_text().strip()
     start, end = block(text, name)
     inside = text[start:end]
-    first, last = table.splitlines()[0], table.splitlines()[-1]
-    i, j = inside.find(first[:40]), inside.find(last[:40])
     marker = f"<!-- {name}:start -->"
     if not inside[len(marker):].strip():  # an empty block: --write fills it
         return text[:start] + f"{marker}\n{table}\n" + text[end:], [f"{name} block: empty, metrics/{name}.md is not in it"]
-    if i < 0 or j < 0:
-        return text, [f"{name} block: no table to compare (its first or last line is missing)"]
-    j = inside.find("\n", j) if inside.find("\n", j) >= 0 else len(inside)
-    if inside[i:j] == table:
+    i = inside.find(table.splitlines()[0][:40])
+    if i < 0:
+        return text, [f"{name} block: no table to compare (the first line of metrics/{name}.md is missing)"]
+    table_end = inside.find(f"<!-- {name}:table-end -->")
+    j = table_end if table_end >= 0 else len(inside)
+    if inside[i:j].rstrip("\n") == table:
         return text, []
-    return text[:start] + inside[:i] + table + inside[j:] + text[end:], [f"{name} block: differs from metrics/{name}.md"]
+    return (text[:start] + inside[:i] + table + "\n" + inside[j:] + text[end:],
+            [f"{name} block: differs from metrics/{name}.md"])
 
 
 def _row(model: str, epochs: int, train: dict, timing: dict, reference: str) -> str:

@@ -14,7 +14,7 @@ VARIANTS = "Generative XGBoost, switches varied.\n\n| variant | FID |\n| --- | -
 
 
 def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION,
-            variants_block: str = VARIANTS) -> Path:
+            variants_block: str = VARIANTS, fid_block: str = TABLE) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"sarnet": {"epochs": 500}, "sarnet_vae": {"epochs": 200}, "sarnet_vae_data": {"fashion": {"epochs": 20}}}))
     for folder in ("train", "timing/train"):
@@ -28,7 +28,8 @@ def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, abla
         (tmp_path / "metrics" / "timing" / "train" / f"{name}.json").write_text(json.dumps(
             {"seconds_per_epoch": 1.434, "seconds": 309.4}))
     (tmp_path / "README.md").write_text(
-        "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + TABLE + "\n\n**Reading it.** prose\n<!-- fid_table:end -->\n"
+        "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + fid_block + "\n<!-- fid_table:table-end -->\n\n"
+        "**Reading it.** prose\n<!-- fid_table:end -->\n"
         "<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         + "\n".join(readme_rows) + "\n<!-- training:end -->\n"
         "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n"
@@ -84,3 +85,16 @@ def test_a_stale_xgboost_variants_table_fails_and_write_repairs_it(tmp_path):
     assert run(path, "--write").returncode == 0
     text = (path / "README.md").read_text()
     assert VARIANTS in text and "169.24" not in text and run(path).returncode == 0
+
+
+def test_a_table_that_gains_rows_is_found_and_rewritten_keeping_the_prose_after_it(tmp_path):
+    """A new model adds rows, so the table's last line changes: the block is found by its first line and
+    its end marker (before, --write could not find it and the README had to be spliced by hand)."""
+    grown = TABLE + "\n\n| model | IS |\n| --- | --- |\n| vqvae | 1.363 |"  # a new last line, as a new model gives
+    path = project(tmp_path, ROWS, fid_table=grown)
+    result = run(path)
+    assert result.returncode == 1 and "fid_table block: differs" in result.stdout
+    assert run(path, "--write").returncode == 0
+    text = (path / "README.md").read_text()
+    assert grown + "\n<!-- fid_table:table-end -->\n\n**Reading it.** prose" in text
+    assert text.count("| 128 | 5.291") == 1 and run(path).returncode == 0
