@@ -1,29 +1,37 @@
-"""CI check: the committed results come from one coherent `dvc repro` of the committed code.
+"""CI check: the committed results are one coherent set of `dvc repro` runs, and the README says which
+of them are stale.
 
-dvc.lock records, for every stage that ran, the hash of each input and output. The committed
-lock is coherent when
-  * every stage of dvc.yaml has a lock entry (the whole pipeline ran),
-  * each input that is a file of the repository (code) has the hash recorded when the stage ran,
-  * each input made by another stage has the hash that stage recorded for it (every stage read
-    the outputs of the upstream runs that are committed, not of some other run),
-  * each recorded param equals params.yaml's value,
-  * each input and param dvc.yaml declares was recorded (a dependency added to dvc.yaml without
-    a re-run leaves the lock stale), and
-  * each uncached output (metrics/, plots) is the committed file.
-Models and data are not committed, so outputs kept in DVC's cache are checked only between stages.
+dvc.lock records, for every stage that ran, the hash of each input and output. Two questions are
+asked of it (docs/staleness.md):
 
-    python .ci/check_lock.py [repository root]     (exit status 1 and one line per problem)
+* Is it coherent? Each committed uncached output (metrics/, plots, the frozen instruments) must be
+  the file its stage's run wrote, and dvc.lock may only name stages of dvc.yaml. Anything else is a
+  problem: exit status 1.
+* Which stages are stale? A stage is stale when its recorded code or params differ from the tree
+  (or dvc.yaml declares an input or param its run did not record), when it read an upstream output
+  other than the one its upstream recorded, when it never ran, and when anything upstream of it is
+  stale. Stale results are allowed, but the README must list them: its `stale` block must be what
+  this check computes, and the FID rows of stale evaluations carry a mark (.ci/check_readme.py).
+  A frozen stage (the FID instruments) is judged by its outputs only: its code may change without
+  retraining it.
+
+    python .ci/check_lock.py [repository root]          check (exit 1 naming every problem)
+    python .ci/check_lock.py [repository root] --write  rewrite the README's stale block
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+STALE_MARK = "⚠"  # after a FID cell whose evaluation is stale (check_readme.py adds it)
 
 
 def file_md5(path: Path) -> str:
@@ -53,82 +61,198 @@ def lookup(params: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-Declared = dict[str, tuple[set[str], set[str]]]  # stage -> (input paths, param keys) in dvc.yaml
+@dataclass
+class StageDecl:
+    """A stage as dvc.yaml declares it (templates resolved by DVC)."""
+
+    deps: set[str] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+    outs: set[str] = field(default_factory=set)
+    uncached: set[str] = field(default_factory=set)  # outs with `cache: false`: committed in git
+    frozen: bool = False
 
 
-def declared_inputs(root: Path) -> Declared:
-    """Each stage's inputs and param keys as dvc.yaml declares them (templates resolved by DVC)."""
+Declared = dict[str, StageDecl]
+
+
+def declared_stages(root: Path) -> Declared:
+    """Each stage's inputs, param keys and outputs as dvc.yaml declares them."""
     from dvc.repo import Repo
 
     declared: Declared = {}
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
-            paths, keys = set(), set()
+            decl = StageDecl(frozen=bool(stage.frozen))
             for dep in stage.deps:
                 if type(dep).__name__ == "ParamsDependency":
-                    keys.update(dep.params)
+                    decl.params.update(dep.params)
                 else:
-                    paths.add(dep.def_path)
-            declared[stage.name] = (paths, keys)
+                    decl.deps.add(dep.def_path)
+            for out in stage.outs:
+                decl.outs.add(out.def_path)
+                if not out.use_cache:
+                    decl.uncached.add(out.def_path)
+            declared[stage.name] = decl
     return declared
 
 
-def lock_problems(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root: Path) -> list[str]:
-    """Every way in which `lock` is not one coherent run of the code and params under `root`."""
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/") or folder.startswith(path.rstrip("/") + "/")
+
+
+@dataclass
+class LockReport:
+    problems: list[str]  # the lock is not coherent: CI fails
+    stale: dict[str, str]  # stage -> why it is stale (its first reason), in dvc.yaml order
+
+
+def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root: Path) -> LockReport:
+    """Coherence problems and stale stages of `lock` against the code, params and metrics under `root`."""
     stages: dict[str, Any] = lock.get("stages", {})
-    problems = [f"{name}: never ran (no dvc.lock entry)" for name in declared if name not in stages]
-    problems += [f"{name}: in dvc.lock but not a stage of dvc.yaml" for name in stages if name not in declared]
-    for name, (paths, keys) in declared.items():
-        entry = stages.get(name)
-        if entry is None:
-            continue
-        recorded = {dep["path"] for dep in entry.get("deps", [])}
-        recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
-        problems += [f"{name}: dvc.yaml declares input {path}, which this run did not record" for path in sorted(paths - recorded)]
-        problems += [f"{name}: dvc.yaml declares param {key}, which this run did not record" for key in sorted(keys - recorded_keys)]
+    problems = [f"{name}: in dvc.lock but not a stage of dvc.yaml" for name in stages if name not in declared]
+    reasons: dict[str, list[str]] = {name: [] for name in declared}
 
     produced_by: dict[str, tuple[str, str]] = {}
     for name, entry in stages.items():
         for out in entry.get("outs", []):
             produced_by[out["path"]] = (name, out.get("md5"))
 
-    for name, entry in stages.items():
+    for name, decl in declared.items():
+        entry = stages.get(name)
+        why = reasons[name]
+        if entry is None:
+            why.append("never ran")
+            continue
+        for out in entry.get("outs", []):
+            path, md5 = root / out["path"], str(out.get("md5", ""))
+            if md5.endswith(".dir"):
+                continue
+            if path.is_file():
+                if file_md5(path) != md5:
+                    problems.append(f"{name}: committed {out['path']} is not the file this run wrote")
+            elif out["path"] in decl.uncached:
+                problems.append(f"{name}: {out['path']} is an uncached output of this run, but not in the repository")
+        if decl.frozen:  # an instrument: its committed bytes are the result, whatever its code does today
+            continue
+        recorded = {dep["path"] for dep in entry.get("deps", [])}
+        recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
+        why += [f"dvc.yaml declares input {path}, not recorded by its run" for path in sorted(decl.deps - recorded)]
+        why += [f"dvc.yaml declares param {key}, not recorded by its run" for key in sorted(decl.params - recorded_keys)]
         for dep in entry.get("deps", []):
             path, md5 = dep["path"], dep.get("md5")
             if path in produced_by:
                 producer, made = produced_by[path]
                 if md5 != made:
-                    problems.append(f"{name}: read {path} {str(md5)[:8]}, but {producer} recorded {str(made)[:8]}")
+                    why.append(f"read {path} {str(md5)[:8]}, but {producer} recorded {str(made)[:8]}")
             elif str(md5).endswith(".dir"):
                 if dir_md5(root, path, produced_by) != md5:
-                    problems.append(f"{name}: read another version of the folder {path}")
+                    why.append(f"read another version of the folder {path}")
             elif not (root / path).is_file():
-                problems.append(f"{name}: input {path} is neither committed nor made by a stage")
+                why.append(f"input {path} is neither committed nor made by a stage")
             elif file_md5(root / path) != md5:
-                problems.append(f"{name}: ran with another version of {path}")
+                why.append(f"code changed: {path}")
         for values in entry.get("params", {}).values():
             for key, value in values.items():
                 current = lookup(params, key)
                 if current != value:
-                    problems.append(f"{name}: ran with {key} = {value!r}, params.yaml has {current!r}")
-        for out in entry.get("outs", []):
-            path = root / out["path"]
-            if path.is_file() and not str(out.get("md5", "")).endswith(".dir") and file_md5(path) != out.get("md5"):
-                problems.append(f"{name}: committed {out['path']} is not the file this run wrote")
-    return problems
+                    why.append(f"params changed: {key} = {value!r}, params.yaml has {current!r}")
+
+    # Downstream: a stage reading (a folder holding) an output of a stale stage is stale too.
+    outs = {name: decl.outs for name, decl in declared.items()}
+    changed = True
+    while changed:
+        changed = False
+        for name, decl in declared.items():
+            if reasons[name] or decl.frozen:
+                continue
+            for upstream, made in outs.items():
+                if upstream != name and reasons[upstream] and any(_inside(d, o) for d in decl.deps for o in made):
+                    reasons[name].append(f"upstream {upstream} is stale")
+                    changed = True
+                    break
+    return LockReport(problems, {name: why[0] for name, why in reasons.items() if why})
 
 
-def main(root: Path) -> int:
+def lock_problems(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root: Path) -> list[str]:
+    """Every way in which `lock` is not one coherent run: its problems, then its stale stages."""
+    report = check(lock, params, declared, root)
+    return report.problems + [f"{name}: stale: {why}" for name, why in report.stale.items()]
+
+
+def run_date(root: Path, decl: StageDecl) -> str:
+    """When a stage last ran: the date its timing file records (`run.date`), else the date of the commit
+    that last changed that file (results committed before run dates were recorded), else `unknown`."""
+    for out in sorted(decl.outs):
+        if out.startswith("metrics/timing/") and (root / out).is_file():
+            run = json.loads((root / out).read_text()).get("run")
+            if isinstance(run, dict) and isinstance(run.get("date"), str):
+                return run["date"][:10]
+            found = subprocess.run(["git", "log", "-1", "--format=%cs", "--", out], cwd=root, capture_output=True, text=True)
+            if found.returncode == 0 and found.stdout.strip():
+                return found.stdout.strip()
+    return "unknown"
+
+
+def stale_block(report: LockReport, declared: Declared, root: Path) -> str:
+    """The README's stale block: every stale stage, when it last ran and why it is stale."""
+    if not report.stale:
+        return ("No stage is stale: every committed result is a run of the committed code and params "
+                f"(`python .ci/check_lock.py`, {len(declared)} stages).")
+    lines = [f"**{len(report.stale)} of {len(declared)} stages are stale**: their committed results come from "
+             "older code or params, or from upstream results that have since changed (`python .ci/check_lock.py`). "
+             f"FID cells of stale evaluations carry {STALE_MARK}. `sarnet repro --for MINUTES` refreshes what fits.",
+             "", "| stage | last run | stale because |", "| --- | --- | --- |"]
+    for name, why in report.stale.items():
+        when = "never" if why == "never ran" else run_date(root, declared[name])
+        lines.append(f"| `{name}` | {when} | {why.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, content: str) -> str | None:
+    """`text` with the content between <!-- name:start --> and <!-- name:end --> replaced; None without the block."""
+    start, end = text.find(f"<!-- {name}:start -->"), text.find(f"<!-- {name}:end -->")
+    if start < 0 or end < start:
+        return None
+    head = start + len(f"<!-- {name}:start -->")
+    return text[:head] + "\n" + content + "\n" + text[end:]
+
+
+def load(root: Path) -> tuple[LockReport, Declared]:
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     params = yaml.safe_load((root / "params.yaml").read_text())
-    problems = lock_problems(lock, params, declared_inputs(root), root)
-    for line in problems:
+    declared = declared_stages(root)
+    return check(lock, params, declared, root), declared
+
+
+def readme_with_block(text: str, report: LockReport, declared: Declared, root: Path) -> tuple[str, str | None]:
+    """The README text with the stale block this lock calls for, and what is wrong with `text` (None: nothing)."""
+    wanted = replace_block(text, "stale", stale_block(report, declared, root))
+    if wanted is None:
+        return text, "README.md: no stale block (<!-- stale:start --> … <!-- stale:end -->)"
+    if wanted != text:
+        return wanted, "README.md: the stale block is not what dvc.lock says (python .ci/check_lock.py --write)"
+    return text, None
+
+
+def main(root: Path, write: bool) -> int:
+    report, declared = load(root)
+    for line in report.problems:
         print(f"dvc.lock: {line}")
-    if problems:
+    readme = root / "README.md"
+    text, wrong = readme_with_block(readme.read_text(), report, declared, root)
+    if wrong and write and text != readme.read_text():
+        readme.write_text(text)
+        print("README.md: stale block rewritten")
+    elif wrong:
+        print(wrong)
         return 1
-    print(f"dvc.lock: {len(lock['stages'])} stages, one coherent run of the committed code and params")
+    if report.problems:
+        return 1
+    print(f"dvc.lock: {len(declared)} stages, coherent; {len(report.stale)} stale"
+          + "".join(f"\n  {name}: {why}" for name, why in report.stale.items()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else ".")))
+    args = [a for a in sys.argv[1:] if a != "--write"]
+    sys.exit(main(Path(args[0] if args else "."), "--write" in sys.argv[1:]))

@@ -8,11 +8,14 @@ Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the
 `sarnet_ablation` block), the generative XGBoost's variants (metrics/gen_xgboost_variants.md, in the
 `gen_xgboost_variants` block) and the numbers of every row of the training table (`training` block) from
 metrics/train/ and metrics/timing/train/; the prose around them and the reference column are
-the author's.
+the author's. In the README's FID table each of our CNN cells also carries its evaluation's run date and,
+when that evaluation is stale (.ci/check_lock.py) or newer than the table, a mark: `4.743 ± 0.235 (50;
+2026-12-03) ⚠`. `--write` also rewrites the stale block that check_lock.py checks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -21,6 +24,7 @@ from pathlib import Path
 import yaml
 
 README = Path("README.md")
+STALE_MARK = "⚠"  # as in check_lock.py
 METRICS = Path("metrics")
 
 
@@ -32,11 +36,53 @@ def block(text: str, name: str) -> tuple[int, int]:
     return start, end
 
 
-def verbatim(text: str, name: str) -> tuple[str, list[str]]:
+def _check_lock():
+    spec = importlib.util.spec_from_file_location("check_lock", Path(__file__).with_name("check_lock.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["check_lock"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def annotate_fid_table(table: str, summary: dict[str, dict], current: dict[str, dict], dates: dict[str, str],
+                       stale: set[str]) -> str:
+    """The FID table as the README shows it: each model's CNN cell (`mean ± std (sets)` as in `summary`,
+    metrics/fid.json) with its evaluation's run date (`dates`), and the stale mark when the evaluation is
+    `stale` or when its metrics file (`current`, metrics/fid/<model>.json) no longer holds the table's numbers."""
+    for model, record in summary.items():
+        if model not in dates:
+            continue
+        now = current.get(model, {})
+        newer = (now.get("mean"), now.get("std")) != (record["mean"], record["std"])
+        cell = f"{record['mean']:.3f} ± {record['std']:.3f} ({record['sets']})"
+        shown = f"{cell[:-1]}; {dates[model]})" + (f" {STALE_MARK}" if model in stale or newer else "")
+        table = table.replace(f"| {cell} |", f"| {shown} |")
+    return table
+
+
+def readme_fid_table(root: Path = Path(".")) -> str:
+    """metrics/fid_table.md annotated from dvc.lock, metrics/fid.json and metrics/fid/ (as is without a pipeline)."""
+    table = (root / METRICS / "fid_table.md").read_text()
+    if not ((root / "dvc.lock").is_file() and (root / METRICS / "fid.json").is_file()):
+        return table
+    check_lock = _check_lock()
+    report, declared = check_lock.load(root)
+    evaluated_by = {Path(out).stem: name for name, decl in declared.items() for out in decl.outs
+                    if out.startswith("metrics/fid/") and out.count("/") == 2}
+    summary = json.loads((root / METRICS / "fid.json").read_text())
+    current = {model: json.loads(path.read_text()) for model in summary
+               if (path := root / METRICS / "fid" / f"{model}.json").is_file()}
+    dates = {model: check_lock.run_date(root, declared[stage]) for model, stage in evaluated_by.items()}
+    return annotate_fid_table(table, summary, current, dates,
+                              {model for model, stage in evaluated_by.items() if stage in report.stale})
+
+
+def verbatim(text: str, name: str, table: str | None = None) -> tuple[str, list[str]]:
     """The README's `name` block holds metrics/<name>.md verbatim, from the file's first line to the block's
     end, or to `<!-- name:table-end -->` where the author's prose follows the table inside the block. Only
-    the first line is searched for, so a table that gains rows (a new model) is still found and rewritten."""
-    table = (METRICS / f"{name}.md").read_text().strip()
+    the first line is searched for, so a table that gains rows (a new model) is still found and rewritten.
+    `table`: what the block must hold instead of the file as it is (the annotated FID table)."""
+    table = ((METRICS / f"{name}.md").read_text() if table is None else table).strip()
     start, end = block(text, name)
     inside = text[start:end]
     marker = f"<!-- {name}:start -->"
@@ -94,13 +140,16 @@ def training_table(text: str) -> tuple[str, list[str]]:
 
 def main() -> None:
     text = README.read_text()
-    text, fid_problems = verbatim(text, "fid_table")
+    fid_table = readme_fid_table()
+    text, fid_problems = verbatim(text, "fid_table", fid_table)
     text, ablation_problems = verbatim(text, "sarnet_ablation")
     text, variant_problems = verbatim(text, "gen_xgboost_variants")
     text, training_problems = training_table(text)
     problems = fid_problems + ablation_problems + variant_problems + training_problems
     if "--write" in sys.argv[1:]:
         README.write_text(text)
+        if Path("dvc.yaml").is_file():
+            _check_lock().main(Path("."), write=True)
         print(f"README.md: {len(problems)} part(s) rewritten from metrics/")
         return
     if problems:

@@ -1,9 +1,10 @@
-"""CI's dvc.lock check: it passes a coherent run and names each way a lock can disagree with the
-committed code, params, metrics or its own upstream stages."""
+"""CI's dvc.lock check: it passes a coherent run, fails an incoherent one, and finds every stale stage
+(by code, by params, by upstream, never run, downstream of those) and a README stale block that lies."""
 
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def check_lock():
     spec = importlib.util.spec_from_file_location("check_lock", ROOT / ".ci" / "check_lock.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["check_lock"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -25,10 +27,11 @@ def md5(data: bytes) -> str:
 
 @pytest.fixture
 def repo(tmp_path):
-    """Two stages as `dvc repro` would lock them: `make` runs make.py into a cached data file,
-    `score` reads it and writes an uncached metrics file, with one param."""
+    """Three stages as `dvc repro` would lock them: `make` runs make.py into a cached data file,
+    `score` reads it and writes an uncached metrics file, with one param; `table` reads the metrics."""
     (tmp_path / "make.py").write_bytes(b"print('make')\n")
     (tmp_path / "score.json").write_bytes(b'{"fid": 4.2}\n')
+    (tmp_path / "table.md").write_bytes(b"| 4.2 |\n")
     data_md5 = md5(b"arrays")
     lock = {"stages": {
         "make": {"deps": [{"path": "make.py", "md5": md5(b"print('make')\n")}],
@@ -36,47 +39,99 @@ def repo(tmp_path):
         "score": {"deps": [{"path": "data.npz", "md5": data_md5}],
                   "params": {"params.yaml": {"evaluate.sets": 10}},
                   "outs": [{"path": "score.json", "md5": md5(b'{"fid": 4.2}\n')}]},
+        "table": {"deps": [{"path": "score.json", "md5": md5(b'{"fid": 4.2}\n')}],
+                  "outs": [{"path": "table.md", "md5": md5(b"| 4.2 |\n")}]},
     }}
     return tmp_path, lock, {"evaluate": {"sets": 10}}
 
 
-# What dvc.yaml declares for the fixture's stages: (input paths, param keys).
-DECLARED = {"make": ({"make.py"}, set()), "score": ({"data.npz"}, {"evaluate.sets"})}
+def declared(check_lock, **extra):
+    """What dvc.yaml declares for the fixture's stages, plus `extra` stages."""
+    decl = check_lock.StageDecl
+    stages = {"make": decl({"make.py"}, set(), {"data.npz"}),
+              "score": decl({"data.npz"}, {"evaluate.sets"}, {"score.json"}, {"score.json"}),
+              "table": decl({"score.json"}, set(), {"table.md"}, {"table.md"})}
+    return stages | extra
 
 
-def test_a_coherent_lock_passes(check_lock, repo):
+def test_a_coherent_current_lock_passes(check_lock, repo):
     root, lock, params = repo
-    assert check_lock.lock_problems(lock, params, DECLARED, root) == []
+    report = check_lock.check(lock, params, declared(check_lock), root)
+    assert report.problems == [] and report.stale == {}
 
 
-def test_edited_code_is_reported(check_lock, repo):
+def test_stale_by_code_and_everything_downstream(check_lock, repo):
     root, lock, params = repo
     (root / "make.py").write_bytes(b"print('changed')\n")
-    assert check_lock.lock_problems(lock, params, DECLARED, root) == [
-        "make: ran with another version of make.py"]
+    report = check_lock.check(lock, params, declared(check_lock), root)
+    assert report.problems == []
+    assert report.stale == {"make": "code changed: make.py", "score": "upstream make is stale",
+                            "table": "upstream score is stale"}
 
 
-def test_a_stage_that_read_another_run_s_output_is_reported(check_lock, repo):
-    root, lock, params = repo
-    lock["stages"]["score"]["deps"][0]["md5"] = md5(b"other arrays")
-    (problem,) = check_lock.lock_problems(lock, params, DECLARED, root)
-    assert problem.startswith("score: read data.npz") and "but make recorded" in problem
-
-
-def test_changed_params_missing_stages_and_edited_metrics_are_reported(check_lock, repo):
+def test_stale_by_params_leaves_upstream_current(check_lock, repo):
     root, lock, params = repo
     params["evaluate"]["sets"] = 50
+    report = check_lock.check(lock, params, declared(check_lock), root)
+    assert report.stale == {"score": "params changed: evaluate.sets = 10, params.yaml has 50",
+                            "table": "upstream score is stale"}
+
+
+def test_stale_by_upstream_a_stage_that_read_another_run_s_output(check_lock, repo):
+    root, lock, params = repo
+    lock["stages"]["score"]["deps"][0]["md5"] = md5(b"other arrays")
+    report = check_lock.check(lock, params, declared(check_lock), root)
+    assert list(report.stale) == ["score", "table"]
+    assert report.stale["score"].startswith("read data.npz") and "but make recorded" in report.stale["score"]
+
+
+def test_a_stage_never_run_is_stale_and_so_is_what_reads_its_outputs(check_lock, repo):
+    root, lock, params = repo
+    stages = declared(check_lock, plot=check_lock.StageDecl({"table.md"}, set(), {"plot.png"}),
+                      caption=check_lock.StageDecl({"plot.png"}, set(), {"caption.txt"}))
+    report = check_lock.check(lock, params, stages, root)
+    assert report.problems == []
+    assert report.stale == {"plot": "never ran", "caption": "never ran"}
+    # `caption` ran once, reading a plot.png that no recorded run of `plot` made
+    lock["stages"]["caption"] = {"deps": [{"path": "plot.png", "md5": md5(b"png")}]}
+    assert check_lock.check(lock, params, stages, root).stale["caption"] == "input plot.png is neither committed nor made by a stage"
+    lock["stages"]["plot"] = {"deps": [{"path": "table.md", "md5": md5(b"| 4.2 |\n")}], "outs": [{"path": "plot.png", "md5": md5(b"png")}]}
+    assert check_lock.check(lock, params, stages, root).stale == {}
+
+
+def test_an_input_or_param_declared_after_the_run_makes_the_stage_stale(check_lock, repo):
+    # dvc.yaml gained an input (a module the stage imports) and a param key; the lock predates both
+    root, lock, params = repo
+    params["evaluate"]["seed"] = 2024
+    stages = declared(check_lock)
+    stages["score"].deps.add("src/fid.py")
+    stages["score"].params.add("evaluate.seed")
+    report = check_lock.check(lock, params, stages, root)
+    assert report.stale["score"] == "dvc.yaml declares input src/fid.py, not recorded by its run"
+
+
+def test_edited_or_missing_committed_outputs_and_unknown_stages_are_problems(check_lock, repo):
+    root, lock, params = repo
     (root / "score.json").write_bytes(b'{"fid": 1.0}\n')
-    problems = check_lock.lock_problems(lock, params, DECLARED | {"fid_table": (set(), set())}, root)
-    assert problems == [
-        "fid_table: never ran (no dvc.lock entry)",
-        "score: ran with evaluate.sets = 10, params.yaml has 50",
-        "score: committed score.json is not the file this run wrote",
-    ]
+    (root / "table.md").unlink()
+    lock["stages"]["gone"] = {"deps": []}
+    report = check_lock.check(lock, params, declared(check_lock), root)
+    assert report.problems == ["gone: in dvc.lock but not a stage of dvc.yaml",
+                               "score: committed score.json is not the file this run wrote",
+                               "table: table.md is an uncached output of this run, but not in the repository"]
+
+
+def test_a_frozen_stage_is_judged_by_its_outputs_only(check_lock, repo):
+    # an instrument: its code changed, but its committed output is still the file its run wrote
+    root, lock, params = repo
+    (root / "make.py").write_bytes(b"print('changed')\n")
+    stages = declared(check_lock)
+    stages["make"].frozen = True
+    assert check_lock.check(lock, params, stages, root).stale == {}
 
 
 def test_folder_inputs_are_hashed_like_dvc_from_committed_and_stage_made_files(check_lock, repo):
-    # `table` reads a folder holding a committed metrics file and a model only the `make` stage made
+    # `summary` reads a folder holding a committed metrics file and a model only the `make` stage made
     # (absent here, as in a fresh clone): its hash must follow both.
     root, lock, params = repo
     (root / "results").mkdir()
@@ -84,32 +139,59 @@ def test_folder_inputs_are_hashed_like_dvc_from_committed_and_stage_made_files(c
     lock["stages"]["make"]["outs"].append({"path": "results/model.pt", "md5": md5(b"weights")})
     listing = [{"md5": md5(b"{}\n"), "relpath": "fid.json"}, {"md5": md5(b"weights"), "relpath": "model.pt"}]
     folder_md5 = md5(json.dumps(listing, sort_keys=True).encode()) + ".dir"
-    lock["stages"]["table"] = {"deps": [{"path": "results", "md5": folder_md5}]}
-    stages = DECLARED | {"table": ({"results"}, set())}
-    assert check_lock.lock_problems(lock, params, stages, root) == []
+    lock["stages"]["summary"] = {"deps": [{"path": "results", "md5": folder_md5}]}
+    stages = declared(check_lock, summary=check_lock.StageDecl({"results"}, set(), set()))
+    stages["make"].outs.add("results/model.pt")
+    assert check_lock.check(lock, params, stages, root).stale == {}
     (root / "results" / "fid.json").write_bytes(b'{"edited": 1}\n')
-    assert check_lock.lock_problems(lock, params, stages, root) == ["table: read another version of the folder results"]
+    assert check_lock.check(lock, params, stages, root).stale == {"summary": "read another version of the folder results"}
+    (root / "results" / "fid.json").write_bytes(b"{}\n")
+    (root / "make.py").write_bytes(b"print('changed')\n")  # the folder holds an output of a stale stage
+    assert check_lock.check(lock, params, stages, root).stale["summary"] == "upstream make is stale"
 
 
-def test_an_input_or_param_declared_after_the_run_is_reported(check_lock, repo):
-    # dvc.yaml gained an input (a module the stage imports) and a param key; the lock predates both
+def readme(block: str) -> str:
+    return f"# x\n\n<!-- stale:start -->\n{block}\n<!-- stale:end -->\n\nmore\n"
+
+
+def test_the_readme_block_lists_each_stale_stage_with_its_run_date_and_reason(check_lock, repo):
     root, lock, params = repo
-    params["evaluate"]["seed"] = 2024
-    declared = DECLARED | {"score": ({"data.npz", "src/fid.py"}, {"evaluate.sets", "evaluate.seed"})}
-    assert check_lock.lock_problems(lock, params, declared, root) == [
-        "score: dvc.yaml declares input src/fid.py, which this run did not record",
-        "score: dvc.yaml declares param evaluate.seed, which this run did not record",
-    ]
+    stages = declared(check_lock)
+    stages["score"].outs.add("metrics/timing/score.json")
+    (root / "metrics" / "timing").mkdir(parents=True)
+    (root / "metrics" / "timing" / "score.json").write_text(json.dumps({"run": {"date": "2026-12-05T10:00:00Z"}}))
+    params["evaluate"]["sets"] = 50
+    report = check_lock.check(lock, params, stages, root)
+    block = check_lock.stale_block(report, stages, root)
+    assert "**2 of 3 stages are stale**" in block
+    assert "| `score` | 2026-12-05 | params changed: evaluate.sets = 10, params.yaml has 50 |" in block
+    assert "| `table` | unknown | upstream score is stale |" in block  # no timing file, no git history
+    text, wrong = check_lock.readme_with_block(readme(block), report, stages, root)
+    assert wrong is None and text == readme(block)
 
 
-def test_declared_inputs_reads_dvc_yaml_as_dvc_resolves_it(check_lock):
-    declared = check_lock.declared_inputs(ROOT)
-    paths, keys = declared["train_sarnet_vae_data@fashion"]  # a foreach stage, its templates filled in
-    assert "pipeline/train_model.py" in paths and "data/prepared/fashion.npz" in paths
-    assert "sarnet_vae_data.fashion" in keys and "calibrate" in declared
+def test_a_readme_block_that_lies_is_reported_and_rewritten(check_lock, repo):
+    root, lock, params = repo
+    (root / "make.py").write_bytes(b"print('changed')\n")
+    stages = declared(check_lock)
+    report = check_lock.check(lock, params, stages, root)
+    current = check_lock.stale_block(report, stages, root)
+    lie = "No stage is stale: every committed result is a run of the committed code and params."
+    text, wrong = check_lock.readme_with_block(readme(lie), report, stages, root)
+    assert "not what dvc.lock says" in wrong
+    assert text == readme(current) and "| `make` | unknown | code changed: make.py |" in text
+    assert check_lock.readme_with_block("# no block\n", report, stages, root)[1].startswith("README.md: no stale block")
 
 
-def test_declared_inputs_are_named_by_stage_from_any_working_directory(check_lock, tmp_path, monkeypatch):
+def test_declared_stages_reads_dvc_yaml_as_dvc_resolves_it(check_lock):
+    stages = check_lock.declared_stages(ROOT)
+    fashion = stages["train_sarnet_vae_data@fashion"]  # a foreach stage, its templates filled in
+    assert "pipeline/train_model.py" in fashion.deps and "data/prepared/fashion.npz" in fashion.deps
+    assert "sarnet_vae_data.fashion" in fashion.params and "calibrate" in stages
+    assert "metrics/calibration.json" in stages["calibrate"].uncached
+
+
+def test_declared_stages_are_named_by_stage_from_any_working_directory(check_lock, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # DVC's own stage addresses would then be paths relative to here
-    declared = check_lock.declared_inputs(ROOT)
-    assert "calibrate" in declared and "prepare@mnist" in declared
+    stages = check_lock.declared_stages(ROOT)
+    assert "calibrate" in stages and "prepare@mnist" in stages

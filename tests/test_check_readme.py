@@ -98,3 +98,25 @@ def test_a_table_that_gains_rows_is_found_and_rewritten_keeping_the_prose_after_
     text = (path / "README.md").read_text()
     assert grown + "\n<!-- fid_table:table-end -->\n\n**Reading it.** prose" in text
     assert text.count("| 128 | 5.291") == 1 and run(path).returncode == 0
+
+
+def _check_readme_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_readme", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_fid_table_dates_every_row_and_marks_the_stale_or_newer_ones():
+    annotate = _check_readme_module().annotate_fid_table
+    table = ("| L | ours | conv |\n| --- | --- | --- |\n| 128 | 5.291 ± 0.239 (50) | 6.000 ± 0.100 (10) |\n"
+             "| model | ours |\n| xgb | 81.316 ± 1.248 (10) |\n")
+    summary = {"vae": {"mean": 5.291, "std": 0.239, "sets": 50}, "conv": {"mean": 6.0, "std": 0.1, "sets": 10},
+               "xgb": {"mean": 81.3161, "std": 1.2479, "sets": 10}}
+    current = summary | {"conv": {"mean": 6.5, "std": 0.1}}  # re-evaluated after the table was made
+    dates = {"vae": "2026-12-03", "conv": "2026-12-04", "xgb": "2026-12-05"}
+    assert annotate(table, summary, current, dates, stale={"xgb"}) == (
+        "| L | ours | conv |\n| --- | --- | --- |\n| 128 | 5.291 ± 0.239 (50; 2026-12-03) | 6.000 ± 0.100 (10; 2026-12-04) ⚠ |\n"
+        "| model | ours |\n| xgb | 81.316 ± 1.248 (10; 2026-12-05) ⚠ |\n")
