@@ -134,10 +134,6 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
                 problems.append(f"{name}: {out['path']} is an uncached output of this run, but not in the repository")
         if decl.frozen:  # an instrument: its committed bytes are the result, whatever its code does today
             continue
-        recorded = {dep["path"] for dep in entry.get("deps", [])}
-        recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
-        why += [f"dvc.yaml declares input {path}, not recorded by its run" for path in sorted(decl.deps - recorded)]
-        why += [f"dvc.yaml declares param {key}, not recorded by its run" for key in sorted(decl.params - recorded_keys)]
         for dep in entry.get("deps", []):
             path, md5 = dep["path"], dep.get("md5")
             if path in produced_by:
@@ -156,6 +152,10 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
                 current = lookup(params, key)
                 if current != value:
                     why.append(f"params changed: {key} = {value!r}, params.yaml has {current!r}")
+        recorded = {dep["path"] for dep in entry.get("deps", [])}
+        recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
+        why += [f"dvc.yaml declares input {path}, not recorded by its run" for path in sorted(decl.deps - recorded)]
+        why += [f"dvc.yaml declares param {key}, not recorded by its run" for key in sorted(decl.params - recorded_keys)]
 
     # Downstream: a stage reading (a folder holding) an output of a stale stage is stale too.
     outs = {name: decl.outs for name, decl in declared.items()}

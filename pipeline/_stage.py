@@ -16,6 +16,7 @@ from sarnet.data import dataset_spec
 from sarnet.errors import SarnetError
 from sarnet.files import write_json
 from sarnet.params import read_params_file
+from sarnet.provenance import run_record
 from sarnet.tracking import end_experiment_parent
 
 PARAMS_FILE = Path("params.yaml")
@@ -54,10 +55,11 @@ def write_results(name: str, metrics: dict[str, Any], timings: dict[str, float] 
 
 
 def write_timing(name: str, timings: dict[str, float] | None = None) -> dict[str, float]:
-    """metrics/timing/<name>.json: `timings` and the stage's wall time so far (`seconds`)."""
+    """metrics/timing/<name>.json: `timings`, the stage's wall time so far (`seconds`) and, under `run`,
+    where it ran (date, commit, CPU, GEMM-1024 time: docs/staleness.md). Returns the numbers alone."""
     timing = {**(timings or {}), "seconds": elapsed()}
     _numbers_only(f"timing/{name}", timing)
-    write_json(TIMING_DIR / f"{name}.json", timing)
+    write_json(TIMING_DIR / f"{name}.json", timing | {"run": run_record()})
     return timing
 
 

@@ -35,20 +35,25 @@ def _evaluated() -> list[tuple[str, str, int | None, str | None, str, bool]]:
     return rows
 
 
-def _stage_seconds(evaluated: set[str]) -> dict[str, float]:
-    """Recorded wall time of the stages behind this table (metrics/timing/**/*.json, key `seconds`).
-    A generator's training and evaluation count only when its evaluation is in the table, so the
-    total of a partial run does not include models it never scored (or an older run's files)."""
-    seconds = {}
+def _stage_seconds(evaluated: set[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Recorded wall time of the stages behind this table (metrics/timing/**/*.json, key `seconds`), and
+    the same in GEMM units (seconds / the stage's own GEMM-1024 time, where it recorded one: comparable
+    across machines, docs/staleness.md). A generator's training and evaluation count only when its
+    evaluation is in the table, so the total of a partial run does not include models it never scored."""
+    seconds, units = {}, {}
     for path in sorted(TIMING_DIR.rglob("*.json")):
         key = str(path.relative_to(TIMING_DIR).with_suffix(""))
         generator = key.split("/", 1)[1] if key.startswith(("train/", "fid/")) else key if key == "gen_xgboost" else None
         if generator is not None and generator not in evaluated:
             continue
-        value = json.loads(path.read_text()).get("seconds")
+        timing = json.loads(path.read_text())
+        value = timing.get("seconds")
         if isinstance(value, (int, float)):
             seconds[key] = value
-    return seconds
+            gemm_ms = (timing.get("run") or {}).get("gemm1024_ms")
+            if isinstance(gemm_ms, (int, float)) and gemm_ms > 0:
+                units[key] = round(value * 1000 / gemm_ms)
+    return seconds, units
 
 
 @stage
@@ -74,7 +79,7 @@ def main() -> None:
 
     variants = {key: params("sarnet") | entry for key, entry in params("sarnet_data").items()}
     labels = {generator_name("sarnet", None, key): f"{describe_variant(v)}, {v['epochs']} epochs" for key, v in variants.items()}
-    seconds = _stage_seconds({r.name for r in rows})
+    seconds, gemm_units = _stage_seconds({r.name for r in rows})
     budgets = {name: v["budget_minutes"] for name, v in params("baselines").items()}
     spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
              if f"train/{name}" in seconds and f"fid/{name}" in seconds}
@@ -94,7 +99,9 @@ def main() -> None:
                                   | ({} if r.by("mlp") is None else dict(zip(("mlp_mean", "mlp_std"), r.by("mlp"))))
                                   for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
-                                        "total_hours": round(sum(seconds.values()) / 3600, 3)})
+                                        "total_hours": round(sum(seconds.values()) / 3600, 3),
+                                        "gemm_units": gemm_units, "total_gemm_units": sum(gemm_units.values()),
+                                        "stages_without_gemm_time": sorted(set(seconds) - set(gemm_units))})
 
     with stage_run(run_name("fid_table"), params=p) as tracker:
         tracker.log_metrics({f"fid_mean.{r.name}": r.mean for r in rows} | {f"fid_std.{r.name}": r.std for r in rows})

@@ -193,6 +193,8 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
                                   ("train", "sarnet_vae_L64", 700.0)):  # L64: trained, never scored
         (timing / folder).mkdir(parents=True, exist_ok=True)
         (timing / folder / f"{name}.json").write_text(json.dumps({"seconds": seconds}))
+    # a stage that recorded its machine's GEMM-1024 time counts in GEMM units too: 600 s / 4 ms = 150,000
+    (timing / "train" / "sarnet_vae_L128.json").write_text(json.dumps({"seconds": 600.0, "run": {"gemm1024_ms": 4.0}}))
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     result = run_stage(tmp_path, "fid_table.py", params=full)
     assert result.returncode == 0, result.stderr
@@ -207,6 +209,8 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     assert wall["stages"]["fid/sarnet_vae_L128"] == 12.5 and wall["stages"]["train/sarnet_vae_L128"] == 600.0
     assert "train/sarnet_vae_L64" not in wall["stages"]
     assert wall["total_seconds"] == round(sum(wall["stages"].values()), 1)
+    assert wall["gemm_units"] == {"train/sarnet_vae_L128": 150000} and wall["total_gemm_units"] == 150000
+    assert wall["stages_without_gemm_time"] == ["fid/sarnet_vae_L128"]
 
 
 def _stage_module():
@@ -228,7 +232,15 @@ def test_results_are_numbers_only_and_timings_go_to_their_own_file(tmp_path, mon
     assert json.loads((tmp_path / "metrics" / "train" / "m.json").read_text()) == {"loss": 1.5, "epoch": 3,
                                                                                    "rows": {"a": {"fid": 2.0}}}
     written = json.loads((tmp_path / "metrics" / "timing" / "train" / "m.json").read_text())
+    run = written.pop("run")
     assert written == timing and written["seconds_per_epoch"] == 0.5 and written["seconds"] >= 0
+    # where it ran: a UTC date, the commit (none: tmp_path is no git repository), the CPU, the GEMM time
+    assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["date"]) and run["commit"] == "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = {line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")}
+        assert run["cpu"] in names
+    assert 0 < run["gemm1024_ms"] < 10_000
     for bad in ({"name": "sarnet_vae_L8"}, {"ok": True}, {"fids": [1.0, 2.0]}, {"rows": {"a": {"label": "x"}}},
                 {"mean": float("nan")}):
         with pytest.raises(TypeError, match="finite numbers only"):

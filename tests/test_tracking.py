@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,56 @@ def test_failed_repro_does_not_push(isolated_store, monkeypatch):
         main(["repro"])
     assert exit_info.value.code == 2
     assert (isolated_store / "dvc_calls").read_text().splitlines() == ["repro"]
+
+
+DATA_DIR = Path(os.environ.get("SARNET_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (DATA_DIR / "mnist").is_dir(), reason=f"offline MNIST not found under {DATA_DIR} (SARNET_DATA_DIR)")
+def test_a_stage_writes_the_same_bytes_with_tracking_on_unreachable_or_not_installed(tmp_path):
+    """Why src/sarnet/tracking.py is no stage's dependency (docs/staleness.md): an instrument's training
+    stage, run with a working store, with the store unreachable and without the mlflow package, writes
+    byte-identical results. Also runs the instruments' training code, which DVC no longer re-runs (frozen)."""
+    import shutil
+
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_classifier"] |= {"epochs": 2, "train_limit": 1000}  # 2: a log after epoch 1 could touch epoch 2
+    base_env = {k: v for k, v in os.environ.items() if k not in ("SARNET_PARENT_RUN_ID", "DVC_EXP_NAME", "DVC_STAGE")}
+    base_env |= {"SARNET_DATA_DIR": str(DATA_DIR), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    made = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py"), "mnist"], cwd=prepared, capture_output=True,
+                          text=True, timeout=300, env=base_env | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert made.returncode == 0, made.stderr
+
+    script = ROOT / "pipeline" / "train_classifier.py"
+    without_mlflow = ("import runpy, sys; sys.modules['mlflow'] = None; "  # `import mlflow` now raises ImportError
+                      f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, 'mnist']; "
+                      f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    modes = {"on": ([str(script), "mnist"], {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/on/mlflow.db"}),
+             "unreachable": ([str(script), "mnist"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
+             "absent": (["-c", without_mlflow], {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/absent/mlflow.db"})}
+    outputs = {}
+    for mode, (argv, env) in modes.items():
+        project = tmp_path / mode
+        (project / "data" / "prepared").mkdir(parents=True)
+        shutil.copy(prepared / "params.yaml", project / "params.yaml")
+        shutil.copy(prepared / "data" / "prepared" / "mnist.npz", project / "data" / "prepared" / "mnist.npz")
+        result = subprocess.run([sys.executable, *argv], cwd=project, capture_output=True, text=True, timeout=600,
+                                env=base_env | env)
+        assert result.returncode == 0, f"{mode}: {result.stderr[-2000:]}"
+        tracked = "warning: MLflow store" not in result.stderr
+        assert tracked == (mode == "on"), f"{mode}: {result.stderr[-1000:]}"  # each mode really is what it claims
+        history = (project / "metrics" / "classifier" / "mnist_history.csv").read_text().splitlines()
+        outputs[mode] = {
+            "model": (project / "models" / "classifier" / "mnist.safetensors").read_bytes(),
+            "metrics": (project / "metrics" / "classifier" / "mnist.json").read_bytes(),
+            "history": [line.rsplit(",", 1)[0] for line in history],  # the last column is the epoch's seconds
+        }
+    assert (tmp_path / "on" / "mlflow.db").is_file() and not (tmp_path / "absent" / "mlflow.db").exists()
+    assert outputs["on"]["history"][0] == "epoch,train_loss,test_loss"
+    assert outputs["on"] == outputs["unreachable"] == outputs["absent"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from sarnet.errors import SarnetError
 
@@ -56,24 +57,34 @@ def _run_forwarding_signals(command: list[str]) -> int:
 
 def _repro(args: argparse.Namespace) -> None:
     """`dvc repro` under one MLflow parent run, so this execution's stage runs are grouped. The
-    parent run ends FINISHED only when dvc succeeds (FAILED on an error, KILLED on a signal)."""
+    parent run ends FINISHED only when dvc succeeds (FAILED on an error, KILLED on a signal).
+    With `--for MINUTES`: only the stale stages that fit into that time (docs/staleness.md)."""
     import shutil
     from datetime import datetime, timezone
 
     from sarnet.tracking import init_store, pipeline_run
 
+    if args.minutes is not None and not args.minutes > 0:  # `not >`: NaN too
+        raise SarnetError(f"--for must be a positive number of minutes, got {args.minutes:g}")
+    if args.minutes is not None and args.dvc_args:
+        raise SarnetError(f"--for chooses the stages itself; it takes no dvc options ({' '.join(args.dvc_args)})")
     dvc = shutil.which("dvc")
     if dvc is None:
         raise SarnetError("dvc is not on PATH; run `make repro` (it installs the pinned tools into .venv)")
+    started_at = time.monotonic()
     try:
         init_store()
     except Exception as exc:  # the stages warn and run untracked too: tracking never costs a result
         print(f"warning: MLflow store unavailable ({type(exc).__name__}); the pipeline runs untracked", file=sys.stderr)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    ran_any = True
     try:
-        with pipeline_run(f"dvc repro {started}") as parent:
+        with pipeline_run(f"dvc repro {started}" + ("" if args.minutes is None else f" (--for {args.minutes:g})")) as parent:
             try:
-                status = _run_forwarding_signals([dvc, "repro", *args.dvc_args])
+                if args.minutes is None:
+                    status = _run_forwarding_signals([dvc, "repro", *args.dvc_args])
+                else:
+                    status, ran_any = _refresh_within(dvc, args.minutes * 60 - (time.monotonic() - started_at))
             finally:
                 for artifact in ("dvc.lock", "metrics/fid_table.md", "metrics/wall_time.json"):
                     parent.log_artifact(artifact)
@@ -82,8 +93,84 @@ def _repro(args: argparse.Namespace) -> None:
                 raise _PipelineEnded(status)
     except _PipelineEnded as ended:
         sys.exit(ended.status)
-    if args.push:
+    if args.push and ran_any:
         _push(dvc)
+
+
+REPORT_STAGE = "fid_table"  # runs at the end of every refresh, so the table shows whatever finished
+
+
+def _pipeline_state() -> tuple[list, set[str], dict[str, tuple[float | None, float | None]]]:
+    """dvc.yaml's stages (paths read and written), the ones `dvc repro` would run now (changed code,
+    params or inputs, missing outputs, never run), and each stage's last recorded seconds and GEMM time."""
+    import json
+    from pathlib import Path
+
+    from dvc.repo import Repo
+
+    from sarnet.refresh import StageInfo
+
+    try:
+        wall = json.loads(Path("metrics/wall_time.json").read_text()).get("stages", {})
+    except (OSError, ValueError):
+        wall = {}
+    stages, recorded = [], {}
+    with Repo(".") as repo:
+        for stage in repo.index.stages:
+            deps = tuple(d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency")
+            outs = tuple(o.def_path for o in stage.outs)
+            stages.append(StageInfo(stage.addressing, deps, outs))
+            seconds, gemm = None, None
+            for out in outs:
+                if out.startswith("metrics/timing/") and out.endswith(".json"):
+                    seconds = wall.get(out[len("metrics/timing/"):-len(".json")])
+                    try:
+                        gemm = (json.loads(Path(out).read_text()).get("run") or {}).get("gemm1024_ms")
+                    except (OSError, ValueError, AttributeError):
+                        gemm = None
+            recorded[stage.addressing] = (seconds, gemm)
+        changed = set(repo.status())
+    return stages, changed, recorded
+
+
+def _refresh_within(dvc: str, budget_s: float) -> tuple[int, bool]:
+    """Run the stale stages (and everything downstream of them) that fit into `budget_s`, each by
+    `dvc repro --single-item`, so each one that finishes is in dvc.lock at once. Returns dvc's status
+    (0, or the failing stage's) and whether any stage ran."""
+    import subprocess
+
+    from sarnet.provenance import gemm_ms
+    from sarnet.refresh import estimate_seconds, run_within, upstreams, with_downstream
+
+    if subprocess.run([dvc, "remote", "default"], capture_output=True, text=True).stdout.strip():
+        # a machine or clone that lacks the models fetches them instead of training them again
+        print("dvc pull: what the default remote already has", flush=True)
+        subprocess.run([dvc, "pull", "--allow-missing", "--quiet"], capture_output=True)
+    stages, changed, recorded = _pipeline_state()
+    order = with_downstream(changed, stages)
+    if not order:
+        print("nothing is stale: every stage is up to date")
+        return 0, False
+    here_ms = gemm_ms()
+    estimates = {name: estimate_seconds(*recorded.get(name, (None, None)), here_ms) for name in order}
+    print(f"{len(order)} stages to refresh, about {sum(estimates.values()) / 60:.0f} min in all on this machine "
+          f"(GEMM-1024 {here_ms:.1f} ms); {budget_s / 60:.1f} min available", flush=True)
+    failures: list[int] = []
+
+    def run(name: str) -> bool:
+        status = _run_forwarding_signals([dvc, "repro", "--single-item", name])
+        failures.extend([status] if status else [])
+        return status == 0
+
+    result = run_within(order, upstreams(stages), estimates, budget_s, run,
+                        always=[REPORT_STAGE] if REPORT_STAGE in order else [])
+    if result.failed:
+        print(f"error: stage {result.failed} failed; dvc.lock holds the stages that finished before it", file=sys.stderr)
+        return failures[0], bool(result.ran)
+    left = len(result.skipped)
+    print(f"refreshed {len(result.ran)} stage(s); " + (f"{left} not started for lack of time: run `sarnet repro --for` again"
+                                                      if left else "nothing left to refresh"))
+    return 0, bool(result.ran)
 
 
 def _push(dvc: str) -> None:
@@ -335,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repro", help="`dvc repro` with every stage's MLflow run under one parent run, then `dvc push`")
     p.add_argument("--no-push", dest="push", action="store_false", help="do not push the results to the DVC remote")
+    p.add_argument("--for", dest="minutes", type=float, metavar="MINUTES",
+                   help="refresh only the stale stages that fit into this many minutes, in dependency order "
+                        "(estimated from metrics/wall_time.json); run it again for the rest")
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. a stage name, -f)")
     p.set_defaults(func=_repro)
 

@@ -1,0 +1,100 @@
+"""Refreshing stale results in pieces (`sarnet repro --for MINUTES`, docs/staleness.md): which stages to
+run, in which order, and which of them fit into the time left. Pure planning: the caller says what is
+stale, how long each stage took and how to run one, so this module knows nothing of DVC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+UNKNOWN_STAGE_SECONDS = 600.0  # a stage with no recorded wall time is assumed to take this long
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A pipeline stage as the plan needs it: the paths it reads and writes."""
+
+    name: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+
+
+def _reads(stage: StageInfo, outs: Sequence[str]) -> bool:
+    """Whether `stage` reads one of `outs`, or a folder holding one, or a file inside an output folder."""
+    return any(d == o or d.startswith(o.rstrip("/") + "/") or o.startswith(d.rstrip("/") + "/")
+               for d in stage.deps for o in outs)
+
+
+def upstreams(stages: Sequence[StageInfo]) -> dict[str, set[str]]:
+    """For each stage, the stages whose outputs it reads directly."""
+    return {s.name: {u.name for u in stages if u.name != s.name and _reads(s, u.outs)} for s in stages}
+
+
+def with_downstream(changed: set[str], stages: Sequence[StageInfo]) -> list[str]:
+    """`changed` and every stage downstream of them, in an order where each stage follows its upstreams
+    (`stages`' own order among independent ones)."""
+    above = upstreams(stages)
+    wanted = set(changed)
+    grew = True
+    while grew:
+        grew = False
+        for s in stages:
+            if s.name not in wanted and above[s.name] & wanted:
+                wanted.add(s.name)
+                grew = True
+    ordered: list[str] = []
+    placed: set[str] = set()
+    while len(ordered) < len(wanted):
+        ready = [s.name for s in stages if s.name in wanted and s.name not in placed
+                 and not (above[s.name] & wanted) - placed]
+        if not ready:
+            raise ValueError(f"the stages {sorted(wanted - placed)} depend on each other in a cycle")
+        ordered.append(ready[0])
+        placed.add(ready[0])
+    return ordered
+
+
+def estimate_seconds(recorded: float | None, recorded_gemm_ms: float | None, gemm_ms: float | None) -> float:
+    """A stage's expected wall time here: its last recorded time, scaled by this machine's GEMM time
+    against the one recorded with it (unscaled when either is unknown)."""
+    if recorded is None:
+        return UNKNOWN_STAGE_SECONDS
+    if recorded_gemm_ms and gemm_ms:
+        return recorded * gemm_ms / recorded_gemm_ms
+    return recorded
+
+
+@dataclass
+class RefreshResult:
+    ran: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it did not run
+    failed: str | None = None
+
+
+def run_within(order: Sequence[str], above: Mapping[str, set[str]], estimates: Mapping[str, float], budget_s: float,
+               run: Callable[[str], bool], always: Sequence[str] = (), clock: Callable[[], float] = time.monotonic,
+               say: Callable[[str], None] = print) -> RefreshResult:
+    """Run the stages of `order` whose estimate fits into what is left of `budget_s`; a stage whose
+    upstream did not run this time is skipped too (it would read the old result), except the `always`
+    ones (the report, which shows whatever finished). The first failure stops everything."""
+    started = clock()
+    result = RefreshResult()
+    not_run: set[str] = set()
+    for index, name in enumerate(order):
+        left = budget_s - (clock() - started)
+        blocked = (above.get(name, set()) & not_run) if name not in always else set()
+        if blocked:
+            result.skipped[name] = f"waits for {sorted(blocked)[0]}"
+        elif estimates[name] > left:
+            result.skipped[name] = f"needs about {estimates[name] / 60:.1f} min, {max(left, 0) / 60:.1f} min left"
+        else:
+            say(f"[{index + 1}/{len(order)}] {name} (about {estimates[name] / 60:.1f} min of {left / 60:.1f} min left)")
+            if not run(name):
+                result.failed = name
+                return result
+            result.ran.append(name)
+            continue
+        not_run.add(name)
+        say(f"[{index + 1}/{len(order)}] {name}: not started, {result.skipped[name]}")
+    return result
