@@ -5,8 +5,8 @@ dvc.lock records, for every stage that ran, the hash of each input and output. T
 asked of it (docs/staleness.md):
 
 * Is it coherent? Each committed uncached output (metrics/, plots, the frozen instruments) must be
-  the file its stage's run wrote, and dvc.lock may only name stages of dvc.yaml. Anything else is a
-  problem: exit status 1.
+  the file (or folder) its stage's run wrote. Anything else is a problem: exit status 1. (Entries of
+  stages dvc.yaml no longer has are left alone, as `dvc repro` leaves them.)
 * Which stages are stale? A stage is stale when its recorded code or params differ from the tree
   (or dvc.yaml declares an input or param its run did not record), when it read an upstream output
   other than the one its upstream recorded, when it never ran, and when anything upstream of it is
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +69,7 @@ class StageDecl:
     outs: set[str] = field(default_factory=set)
     uncached: set[str] = field(default_factory=set)  # outs with `cache: false`: committed in git
     frozen: bool = False
+    cmd: str | None = None  # None: not compared (a test's stage without one)
 
 
 Declared = dict[str, StageDecl]
@@ -82,7 +82,7 @@ def declared_stages(root: Path) -> Declared:
     declared: Declared = {}
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
-            decl = StageDecl(frozen=bool(stage.frozen))
+            decl = StageDecl(frozen=bool(stage.frozen), cmd=stage.cmd)
             for dep in stage.deps:
                 if type(dep).__name__ == "ParamsDependency":
                     decl.params.update(dep.params)
@@ -109,7 +109,7 @@ class LockReport:
 def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root: Path) -> LockReport:
     """Coherence problems and stale stages of `lock` against the code, params and metrics under `root`."""
     stages: dict[str, Any] = lock.get("stages", {})
-    problems = [f"{name}: in dvc.lock but not a stage of dvc.yaml" for name in stages if name not in declared]
+    problems: list[str] = []  # entries of stages dvc.yaml no longer has are left alone: `dvc repro` keeps them too
     reasons: dict[str, list[str]] = {name: [] for name in declared}
 
     produced_by: dict[str, tuple[str, str]] = {}
@@ -125,15 +125,18 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
             continue
         for out in entry.get("outs", []):
             path, md5 = root / out["path"], str(out.get("md5", ""))
-            if md5.endswith(".dir"):
-                continue
-            if path.is_file():
+            if md5.endswith(".dir"):  # a folder: committed (uncached) ones are checked file by file
+                if out["path"] in decl.uncached and (not path.is_dir() or dir_md5(root, out["path"], {}) != md5):
+                    problems.append(f"{name}: committed folder {out['path']} is not the folder this run wrote")
+            elif path.is_file():
                 if file_md5(path) != md5:
                     problems.append(f"{name}: committed {out['path']} is not the file this run wrote")
             elif out["path"] in decl.uncached:
                 problems.append(f"{name}: {out['path']} is an uncached output of this run, but not in the repository")
         if decl.frozen:  # an instrument: its committed bytes are the result, whatever its code does today
             continue
+        if decl.cmd is not None and entry.get("cmd") != decl.cmd:
+            why.append(f"command changed: {entry.get('cmd')!r} ran, dvc.yaml says {decl.cmd!r}")
         for dep in entry.get("deps", []):
             path, md5 = dep["path"], dep.get("md5")
             if path in produced_by:
@@ -156,6 +159,8 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
         recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
         why += [f"dvc.yaml declares input {path}, not recorded by its run" for path in sorted(decl.deps - recorded)]
         why += [f"dvc.yaml declares param {key}, not recorded by its run" for key in sorted(decl.params - recorded_keys)]
+        made = {out["path"] for out in entry.get("outs", [])}
+        why += [f"dvc.yaml declares output {path}, not made by its run" for path in sorted(decl.outs - made)]
 
     # Downstream: a stage reading (a folder holding) an output of a stale stage is stale too.
     outs = {name: decl.outs for name, decl in declared.items()}
@@ -179,17 +184,22 @@ def lock_problems(lock: dict[str, Any], params: dict[str, Any], declared: Declar
     return report.problems + [f"{name}: stale: {why}" for name, why in report.stale.items()]
 
 
+LEGACY_DATES = Path(__file__).with_name("run_dates.json")
+
+
 def run_date(root: Path, decl: StageDecl) -> str:
-    """When a stage last ran: the date its timing file records (`run.date`), else the date of the commit
-    that last changed that file (results committed before run dates were recorded), else `unknown`."""
+    """When a stage last ran: the date its timing file records (`run.date`), else the date .ci/run_dates.json
+    gives results made before stages recorded one, else `unknown`. Never from git: a shallow clone or a
+    rebase would change it."""
+    legacy = json.loads(LEGACY_DATES.read_text()) if LEGACY_DATES.is_file() else {}
     for out in sorted(decl.outs):
-        if out.startswith("metrics/timing/") and (root / out).is_file():
-            run = json.loads((root / out).read_text()).get("run")
-            if isinstance(run, dict) and isinstance(run.get("date"), str):
-                return run["date"][:10]
-            found = subprocess.run(["git", "log", "-1", "--format=%cs", "--", out], cwd=root, capture_output=True, text=True)
-            if found.returncode == 0 and found.stdout.strip():
-                return found.stdout.strip()
+        if not out.startswith("metrics/timing/"):
+            continue
+        run = json.loads((root / out).read_text()).get("run") if (root / out).is_file() else None
+        if isinstance(run, dict) and isinstance(run.get("date"), str):
+            return run["date"][:10]
+        if out in legacy:
+            return legacy[out]
     return "unknown"
 
 

@@ -33,7 +33,7 @@ from sarnet.tracking import log_on_training_run, stage_run
 
 
 def quality_scores(result: FidSets, digit: int | None) -> dict[str, float]:
-    """The scores read from the FID's own logits and pixels (BASELINES.md §7, §11), rounded for the record."""
+    """The scores read from the FID's own logits and pixels (docs/baselines.md "Scores from the FID's classifier pass"), rounded for the record."""
     scores = {"is_mean": float(np.mean(result.inception)), "is_std": float(np.std(result.inception)),
               "sharpness": float(np.mean(result.sharpness)), "logit_spread_ratio": result.spread_ratio,
               "nearest_train_distance": result.nearest_train}

@@ -1,4 +1,4 @@
-"""PixelCNN, PixelRNN (Row LSTM) and the VQ-VAE with its PixelCNN prior (BASELINES.md §3.7, §4.4, §6):
+"""PixelCNN, PixelRNN (Row LSTM) and the VQ-VAE with its PixelCNN prior (docs/baselines.md "PixelCNN", "VQ-VAE with a PixelCNN prior", "PixelRNN (Row LSTM)"):
 causality by autograd Jacobian, cached samplers equal to the naive loop on the same draws, likelihood
 bookkeeping, the VQ-VAE's quantiser and gradients."""
 

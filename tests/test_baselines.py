@@ -1,4 +1,4 @@
-"""The seeds' other generators (BASELINES.md §1, §2, §5, §11): architectures as the seeds count them,
+"""The seeds' other generators (docs/baselines.md "Vanilla GAN", "DCGAN", "β-VAE", "What every baseline shares"): architectures as the seeds count them,
 the GANs' two-player step inside the shared loop, the β-VAE against the conv VAE, the generate contract."""
 
 import csv
@@ -75,7 +75,7 @@ def test_impossible_architectures_are_one_line_errors(make):
     assert "\n" not in str(info.value)
 
 
-# ---------------------------------------------------------------- the generate contract (BASELINES.md §11)
+# ---------------------------------------------------------------- the generate contract (docs/baselines.md "What every baseline shares")
 
 @pytest.mark.parametrize("make", [lambda: GanMLP(100), lambda: DCGAN("tf_tutorial", 100, 32),
                                   lambda: DCGAN("seed003", 25, 32), lambda: BetaVAE(8, 2.0)])
@@ -188,7 +188,7 @@ def test_a_gan_model_file_round_trips(tmp_path):
     assert torch.equal(loaded.generate(4, 0, SAMPLING), gan.generate(4, 0, SAMPLING))
 
 
-# ---------------------------------------------------------------- β-VAE (BASELINES.md §5)
+# ---------------------------------------------------------------- β-VAE (docs/baselines.md "β-VAE")
 
 def test_beta_one_trains_the_conv_vae_bit_for_bit(tmp_path):
     config = TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam", reduction="sum", seed=5)

@@ -93,7 +93,8 @@ def test_a_stage_never_run_is_stale_and_so_is_what_reads_its_outputs(check_lock,
     assert report.problems == []
     assert report.stale == {"plot": "never ran", "caption": "never ran"}
     # `caption` ran once, reading a plot.png that no recorded run of `plot` made
-    lock["stages"]["caption"] = {"deps": [{"path": "plot.png", "md5": md5(b"png")}]}
+    lock["stages"]["caption"] = {"deps": [{"path": "plot.png", "md5": md5(b"png")}],
+                                 "outs": [{"path": "caption.txt", "md5": md5(b"text")}]}
     assert check_lock.check(lock, params, stages, root).stale["caption"] == "input plot.png is neither committed nor made by a stage"
     lock["stages"]["plot"] = {"deps": [{"path": "table.md", "md5": md5(b"| 4.2 |\n")}], "outs": [{"path": "plot.png", "md5": md5(b"png")}]}
     assert check_lock.check(lock, params, stages, root).stale == {}
@@ -110,14 +111,47 @@ def test_an_input_or_param_declared_after_the_run_makes_the_stage_stale(check_lo
     assert report.stale["score"] == "dvc.yaml declares input src/fid.py, not recorded by its run"
 
 
-def test_edited_or_missing_committed_outputs_and_unknown_stages_are_problems(check_lock, repo):
+def test_a_changed_command_or_a_new_output_makes_the_stage_stale(check_lock, repo):
+    root, lock, params = repo
+    stages = declared(check_lock)
+    lock["stages"]["make"]["cmd"] = "python make.py"
+    stages["make"].cmd = "python make.py --fast"
+    assert check_lock.check(lock, params, stages, root).stale["make"] == (
+        "command changed: 'python make.py' ran, dvc.yaml says 'python make.py --fast'")
+    stages["make"].cmd = "python make.py"
+    stages["score"].outs.add("score_sets.json")
+    report = check_lock.check(lock, params, stages, root)
+    assert report.stale == {"score": "dvc.yaml declares output score_sets.json, not made by its run",
+                            "table": "upstream score is stale"}
+
+
+def test_a_committed_output_folder_is_checked_file_by_file(check_lock, repo):
+    root, lock, params = repo
+    (root / "grids").mkdir()
+    (root / "grids" / "a.png").write_bytes(b"png a")
+    listing = [{"md5": md5(b"png a"), "relpath": "a.png"}]
+    lock["stages"]["table"]["outs"].append({"path": "grids", "md5": md5(json.dumps(listing, sort_keys=True).encode()) + ".dir"})
+    stages = declared(check_lock)
+    stages["table"].outs.add("grids")
+    stages["table"].uncached.add("grids")
+    assert check_lock.check(lock, params, stages, root).problems == []
+    (root / "grids" / "b.png").write_bytes(b"png b")  # a file the run did not write
+    assert check_lock.check(lock, params, stages, root).problems == [
+        "table: committed folder grids is not the folder this run wrote"]
+    for child in (root / "grids").iterdir():
+        child.unlink()
+    (root / "grids").rmdir()
+    assert check_lock.check(lock, params, stages, root).problems == [
+        "table: committed folder grids is not the folder this run wrote"]
+
+
+def test_edited_or_missing_committed_outputs_are_problems(check_lock, repo):
     root, lock, params = repo
     (root / "score.json").write_bytes(b'{"fid": 1.0}\n')
     (root / "table.md").unlink()
-    lock["stages"]["gone"] = {"deps": []}
+    lock["stages"]["gone"] = {"deps": []}  # a stage dvc.yaml dropped: DVC keeps its entry, and so may we
     report = check_lock.check(lock, params, declared(check_lock), root)
-    assert report.problems == ["gone: in dvc.lock but not a stage of dvc.yaml",
-                               "score: committed score.json is not the file this run wrote",
+    assert report.problems == ["score: committed score.json is not the file this run wrote",
                                "table: table.md is an uncached output of this run, but not in the repository"]
 
 
@@ -195,3 +229,17 @@ def test_declared_stages_are_named_by_stage_from_any_working_directory(check_loc
     monkeypatch.chdir(tmp_path)  # DVC's own stage addresses would then be paths relative to here
     stages = check_lock.declared_stages(ROOT)
     assert "calibrate" in stages and "prepare@mnist" in stages
+
+
+def test_run_dates_come_from_the_timing_file_else_the_committed_legacy_list_never_git(check_lock, tmp_path, monkeypatch):
+    legacy = tmp_path / "run_dates.json"
+    legacy.write_text(json.dumps({"metrics/timing/old.json": "2026-12-03"}))
+    monkeypatch.setattr(check_lock, "LEGACY_DATES", legacy)
+    (tmp_path / "metrics" / "timing").mkdir(parents=True)
+    (tmp_path / "metrics" / "timing" / "old.json").write_text(json.dumps({"seconds": 1.0}))
+    (tmp_path / "metrics" / "timing" / "new.json").write_text(json.dumps({"seconds": 1.0, "run": {"date": "2026-12-06T22:00:00Z"}}))
+    (tmp_path / "metrics" / "timing" / "other.json").write_text(json.dumps({"seconds": 1.0}))
+    date = lambda out: check_lock.run_date(tmp_path, check_lock.StageDecl(outs={"models/m.pt", out}))  # noqa: E731
+    assert date("metrics/timing/old.json") == "2026-12-03"
+    assert date("metrics/timing/new.json") == "2026-12-06"
+    assert date("metrics/timing/other.json") == "unknown"  # not in the list, and git is never asked

@@ -32,6 +32,16 @@ def test_the_stale_stages_and_their_downstream_come_in_dependency_order():
     assert with_downstream(set(), STAGES) == []
 
 
+def test_a_frozen_stage_is_not_downstream_of_its_inputs():
+    # the FID instruments: frozen, so new prepared data re-runs the generators' stages but not them
+    frozen = [*STAGES, StageInfo("instrument", ("data/mnist.npz",), ("models/cnn.pt",), frozen=True),
+              StageInfo("score", ("models/cnn.pt", "models/a.pt"), ("metrics/score.json",))]
+    order = with_downstream({"prepare"}, frozen)
+    assert "instrument" not in order and order.index("score") > order.index("train")
+    assert upstreams(frozen)["instrument"] == set()
+    assert with_downstream({"instrument"}, frozen) == ["instrument", "figures", "score"]  # its own change counts (figures reads models/)
+
+
 def test_a_cycle_is_an_error():
     cycle = [StageInfo("a", ("y",), ("x",)), StageInfo("b", ("x",), ("y",))]
     with pytest.raises(ValueError, match="cycle"):
@@ -39,8 +49,8 @@ def test_a_cycle_is_an_error():
 
 
 def test_estimates_scale_with_the_machine_s_gemm_time():
-    assert estimate_seconds(100.0, 5.0, 10.0) == 200.0  # a machine twice as slow
-    assert estimate_seconds(100.0, None, 10.0) == 100.0
+    assert estimate_seconds(100.0, 5.0, 10.0) == 200.0 + 8.0  # a machine twice as slow, and DVC's 8 s
+    assert estimate_seconds(100.0, None, 10.0) == 100.0 + 8.0
     assert estimate_seconds(None, 5.0, 5.0) == 600.0
 
 
@@ -85,3 +95,52 @@ def test_the_first_failure_stops_the_refresh():
     result = run_within(["prepare", "train", "train2"], upstreams(STAGES), dict.fromkeys(["prepare", "train", "train2"], 1.0),
                         100.0, lambda name: calls.append(name) or name != "train", say=lambda _: None)
     assert calls == ["prepare", "train"] and result.failed == "train" and result.ran == ["prepare"]
+
+
+def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
+    """`sarnet repro --for` on a real DVC project: a → b → c, all stale after a's script changed; b is
+    recorded as taking hours, so the first call runs a only; once b's record says seconds, the second
+    call runs b and c, and DVC then has nothing left to do."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def sh(*cmd):
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
+    env.pop("SARNET_PARENT_RUN_ID", None)
+    stage = ("import json, sys\nfrom pathlib import Path\nname, src = sys.argv[1], sys.argv[2:]\n"
+             "text = ''.join(Path(s).read_text() for s in src)\nPath(f'{name}.txt').write_text(text + name)\n"
+             "Path('metrics/timing').mkdir(parents=True, exist_ok=True)\n"
+             "Path(f'metrics/timing/{name}.json').write_text(json.dumps({'seconds': 1.0}))\n")
+    (tmp_path / "stage.py").write_text(stage)
+    (tmp_path / "a.py").write_text("# a\n")
+    dvc_yaml = {"stages": {
+        name: {"cmd": f"python stage.py {name} {' '.join(reads)}", "deps": ["stage.py", *reads],
+               "outs": [f"{name}.txt", {f"metrics/timing/{name}.json": {"cache": False}}]}
+        for name, reads in (("a", ["a.py"]), ("b", ["a.txt"]), ("c", ["b.txt"]))}}
+    (tmp_path / "dvc.yaml").write_text(json.dumps(dvc_yaml))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        assert sh(*cmd).returncode == 0
+    (tmp_path / "a.py").write_text("# a, changed\n")
+    (tmp_path / "metrics" / "timing" / "b.json").write_text(json.dumps({"seconds": 7200.0}))  # b: two hours
+
+    first = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "1")
+    assert first.returncode == 0, first.stderr
+    assert "3 stages to refresh" in first.stdout and "[1/3] a (about" in first.stdout
+    assert "b: not started, needs about 120.1 min" in first.stdout and "c: not started, waits for b" in first.stdout
+    assert (tmp_path / "a.txt").read_text() == "# a, changed\na"
+    assert (tmp_path / "b.txt").read_text() == "# a\nab"  # not re-run
+
+    (tmp_path / "metrics" / "timing" / "b.json").write_text(json.dumps({"seconds": 1.0}))  # dvc.lock: b is now "changed" too
+    second = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "1")
+    assert second.returncode == 0, second.stderr
+    assert "refreshed 2 stage(s); nothing left to refresh" in second.stdout
+    assert (tmp_path / "c.txt").read_text() == "# a, changed\nabc"
+    assert "Data and pipelines are up to date" in sh("dvc", "status").stdout
+    third = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "1")
+    assert "nothing is stale" in third.stdout

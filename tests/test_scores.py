@@ -1,4 +1,4 @@
-"""The numbers read from the FID's own classifier pass (BASELINES.md §7, §11): inception score,
+"""The numbers read from the FID's own classifier pass (docs/baselines.md "Scores from the FID's classifier pass"): inception score,
 class rate, sharpness, logit spread, nearest training image; and how the report shows them."""
 
 import math

@@ -1,4 +1,4 @@
-"""The seeds' autoregressive pixel models (BASELINES.md §3, §6): PixelCNN and PixelRNN (Row LSTM) over 256
+"""The seeds' autoregressive pixel models (docs/baselines.md "PixelCNN", "PixelRNN (Row LSTM)"): PixelCNN and PixelRNN (Row LSTM) over 256
 grey levels, each with an exact cached sampler and a likelihood.
 
 Both read the image in raster order: the logits at pixel p depend only on the pixels before p (masked
@@ -144,7 +144,7 @@ def _positive(kind: str, **values: int) -> None:
 
 
 class PixelCNN(_PixelModel):
-    """PixelCNN-small (BASELINES.md §3.3): mask-A 7×7 conv 1 → C, ReLU; `blocks` residual blocks
+    """PixelCNN-small (docs/baselines.md "PixelCNN"): mask-A 7×7 conv 1 → C, ReLU; `blocks` residual blocks
     h + ReLU(mask-B 3×3 conv C → C); 1×1 conv C → 2C, ReLU; 1×1 conv → `levels` logits. No BatchNorm:
     in training mode its batch statistics would leak later pixels into earlier ones."""
 
@@ -227,7 +227,7 @@ class RowLSTM(nn.Module):
 
 
 class PixelRNN(_PixelModel):
-    """PixelRNN with Row LSTM layers (BASELINES.md §6): mask-A 7×7 conv 1 → 2h; `layers` residual Row LSTM
+    """PixelRNN with Row LSTM layers (docs/baselines.md "PixelRNN (Row LSTM)"): mask-A 7×7 conv 1 → 2h; `layers` residual Row LSTM
     layers of h units; ReLU, 1×1 → 32, ReLU, 1×1 32 → 32, 1×1 → `levels` logits. Initial states are zero."""
 
     kind = "pixelrnn_row"

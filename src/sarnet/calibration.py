@@ -116,7 +116,7 @@ def calibrate(scorer: FidScorer, test: Images, train: Images, n: int, seed: int,
 
 def real_references(scorer: FidScorer, test: Images, train: Images, all_digits_test: Images, label: int,
                     n: int, sets: int, seed: int, probe: int = 1000) -> dict[str, dict[str, float]]:
-    """What real images score on the FID's companion numbers (BASELINES.md §7, §11), measured as a
+    """What real images score on the FID's companion numbers (docs/baselines.md "Scores from the FID's classifier pass"), measured as a
     generator is: `sets` sets of `n` test images of the class drawn with replacement (inception score,
     class rate, sharpness), the first `probe` test images' distance to the nearest training image, and
     the all-digit test set in `sets` splits (where the inception score means what it was made for)."""

@@ -84,7 +84,7 @@ def _repro(args: argparse.Namespace) -> None:
                 if args.minutes is None:
                     status = _run_forwarding_signals([dvc, "repro", *args.dvc_args])
                 else:
-                    status, ran_any = _refresh_within(dvc, args.minutes * 60 - (time.monotonic() - started_at))
+                    status, ran_any = _refresh_within(dvc, deadline=started_at + args.minutes * 60)
             finally:
                 for artifact in ("dvc.lock", "metrics/fid_table.md", "metrics/wall_time.json"):
                     parent.log_artifact(artifact)
@@ -101,9 +101,12 @@ REPORT_STAGE = "fid_table"  # runs at the end of every refresh, so the table sho
 
 
 def _pipeline_state() -> tuple[list, set[str], dict[str, tuple[float | None, float | None]]]:
-    """dvc.yaml's stages (paths read and written), the ones `dvc repro` would run now (changed code,
-    params or inputs, missing outputs, never run), and each stage's last recorded seconds and GEMM time."""
+    """dvc.yaml's stages (paths read and written, frozen or not), the ones `dvc repro` would run now
+    (changed code, params or inputs, missing outputs, never run), and each stage's last recorded
+    seconds and GEMM time, both from its own timing file (metrics/timing/…; wall_time.json's seconds
+    where the file has none)."""
     import json
+    import logging
     from pathlib import Path
 
     from dvc.repo import Repo
@@ -119,24 +122,32 @@ def _pipeline_state() -> tuple[list, set[str], dict[str, tuple[float | None, flo
         for stage in repo.index.stages:
             deps = tuple(d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency")
             outs = tuple(o.def_path for o in stage.outs)
-            stages.append(StageInfo(stage.addressing, deps, outs))
+            stages.append(StageInfo(stage.addressing, deps, outs, frozen=bool(stage.frozen)))
             seconds, gemm = None, None
             for out in outs:
                 if out.startswith("metrics/timing/") and out.endswith(".json"):
-                    seconds = wall.get(out[len("metrics/timing/"):-len(".json")])
                     try:
-                        gemm = (json.loads(Path(out).read_text()).get("run") or {}).get("gemm1024_ms")
-                    except (OSError, ValueError, AttributeError):
-                        gemm = None
+                        timing = json.loads(Path(out).read_text())
+                    except (OSError, ValueError):
+                        timing = {}
+                    seconds = timing.get("seconds", wall.get(out[len("metrics/timing/"):-len(".json")]))
+                    run = timing.get("run")
+                    gemm = run.get("gemm1024_ms") if isinstance(run, dict) else None
             recorded[stage.addressing] = (seconds, gemm)
-        changed = set(repo.status())
+        dvc_logger = logging.getLogger("dvc")
+        level = dvc_logger.level
+        dvc_logger.setLevel(logging.ERROR)  # "stage is frozen" warnings, once per instrument
+        try:
+            changed = set(repo.status())
+        finally:
+            dvc_logger.setLevel(level)
     return stages, changed, recorded
 
 
-def _refresh_within(dvc: str, budget_s: float) -> tuple[int, bool]:
-    """Run the stale stages (and everything downstream of them) that fit into `budget_s`, each by
-    `dvc repro --single-item`, so each one that finishes is in dvc.lock at once. Returns dvc's status
-    (0, or the failing stage's) and whether any stage ran."""
+def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
+    """Run the stale stages (and everything downstream of them) that fit before `deadline` (a
+    time.monotonic() value), each by `dvc repro --single-item`, so each one that finishes is in dvc.lock
+    at once. Returns dvc's status (0, or the failing stage's) and whether any stage ran."""
     import subprocess
 
     from sarnet.provenance import gemm_ms
@@ -153,6 +164,7 @@ def _refresh_within(dvc: str, budget_s: float) -> tuple[int, bool]:
         return 0, False
     here_ms = gemm_ms()
     estimates = {name: estimate_seconds(*recorded.get(name, (None, None)), here_ms) for name in order}
+    budget_s = deadline - time.monotonic()  # the pull, the status and the GEMM above came out of it
     print(f"{len(order)} stages to refresh, about {sum(estimates.values()) / 60:.0f} min in all on this machine "
           f"(GEMM-1024 {here_ms:.1f} ms); {budget_s / 60:.1f} min available", flush=True)
     failures: list[int] = []

@@ -4,7 +4,7 @@ Protocol (docs/protocol.md "FID protocol"): features are the 10 logits of an MNI
 [-1, 1], statistics in float64 with the unbiased (n-1) covariance. The same logits give the inception
 score, the share of images classed as the trained digit and their sharpness, and the spread of the
 logits against real images' (collapse); the pixels give the distance to the nearest training image
-(memorisation) (BASELINES.md §7, §11).
+(memorisation) (docs/baselines.md "Scores from the FID's classifier pass").
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class FidScorer:
         return frechet_distance(*self.statistics(images_a), *self.statistics(images_b))
 
 
-# --- Scores from the same logits (BASELINES.md §7, §11) ---------------------------------------------
+# --- Scores from the same logits (docs/baselines.md "Scores from the FID's classifier pass") ---------------------------------------------
 
 LOG_FLOOR = 1e-12  # inside every log, as TF-GAN's classifier score
 

@@ -1,4 +1,4 @@
-"""The seeds' GANs (BASELINES.md §1, §2): a vanilla MLP GAN and a DCGAN, trained by the project's loop
+"""The seeds' GANs (docs/baselines.md "Vanilla GAN", "DCGAN"): a vanilla MLP GAN and a DCGAN, trained by the project's loop
 (`training.fit`) through their own two-optimiser step.
 
 Both players output logits and minimise binary cross-entropy; the generator's is the non-saturating
@@ -159,7 +159,7 @@ def _init_dcgan(module: nn.Module) -> None:
 
 
 class DCGAN(_GAN):
-    """DCGAN (seed 003 §2, BASELINES.md §2), two architectures:
+    """DCGAN (seed 003 §2, docs/baselines.md "DCGAN"), two architectures:
 
     - `tf_tutorial` (the default here at `width` 128, half the tutorial's 256): G Dense → 7·7·width → BN →
       LeakyReLU(0.3) → ConvT width/2 5×5 → BN → LReLU → ConvT width/4 5×5 s2 → BN → LReLU → ConvT 1 5×5 s2,

@@ -393,7 +393,7 @@ class ConvVAE(_VAE):
 
 
 class BetaVAE(ConvVAE):
-    """β-VAE (seed 004 §3, BASELINES.md §5): the conv VAE with its KL term weighted by β = `kl_weight`;
+    """β-VAE (seed 004 §3, docs/baselines.md "β-VAE"): the conv VAE with its KL term weighted by β = `kl_weight`;
     β is the only difference from `conv_vae` (β = 1 trains the same model bit for bit)."""
 
     kind = "beta_vae"

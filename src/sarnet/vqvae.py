@@ -1,4 +1,4 @@
-"""VQ-VAE with a PixelCNN prior over its codes (seeds 002 §1.2–1.4, 004 §4; BASELINES.md §4), one model.
+"""VQ-VAE with a PixelCNN prior over its codes (seeds 002 §1.2–1.4, 004 §4; docs/baselines.md "VQ-VAE with a PixelCNN prior"), one model.
 
 The autoencoder is the Keras example seed 004 cites: a 7×7 grid of D-dimensional codes, a codebook of
 K vectors (nearest neighbour, straight-through gradient), loss MSE/var + codebook + β·commitment on
