@@ -7,8 +7,8 @@ Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the
 `fid_table` block), §4.1's ablation tables (metrics/sarnet_ablation.md, verbatim, in the
 `sarnet_ablation` block), the generative XGBoost's variants (metrics/gen_xgboost_variants.md, in the
 `gen_xgboost_variants` block) and the numbers of every row of the training table (`training` block) from
-metrics/train/ and metrics/timing/train/; the prose around them and the reference column are
-the author's. In the README's FID table each of our CNN cells also carries its evaluation's run date and,
+metrics/train/ and metrics/timing/train/, and the module map (`module_map` block: the package docstring's,
+its one source); the prose around them and the reference column are the author's. In the README's FID table each of our CNN cells also carries its evaluation's run date and,
 when that evaluation is stale (.ci/check_lock.py) or newer than the table, a mark: `4.743 ± 0.235 (50;
 2026-12-03) ⚠`. `--write` also rewrites the stale block that check_lock.py checks.
 """
@@ -138,6 +138,27 @@ def training_table(text: str) -> tuple[str, list[str]]:
     return text[:start] + "\n".join(lines) + text[end:], problems
 
 
+def module_map(root: Path = Path(".")) -> str:
+    """The module map of `src/sarnet/__init__.py`'s docstring (its one source), as the README shows it."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse((root / "src" / "sarnet" / "__init__.py").read_text())) or ""
+    if "Module map" not in doc:
+        sys.exit("error: src/sarnet/__init__.py's docstring has no module map")
+    lines = doc.split("Module map", 1)[1].splitlines()[1:]
+    return "```\n" + "\n".join(line.rstrip() for line in lines).strip("\n") + "\n```"
+
+
+def module_map_block(text: str, root: Path = Path(".")) -> tuple[str, list[str]]:
+    """The README's `module_map` block must be the package docstring's module map."""
+    start, end = block(text, "module_map")
+    head = start + len("<!-- module_map:start -->")
+    wanted = "\n" + module_map(root) + "\n"
+    if text[head:end] == wanted:
+        return text, []
+    return text[:head] + wanted + text[end:], ["module_map block: differs from src/sarnet/__init__.py's module map"]
+
+
 def main() -> None:
     text = README.read_text()
     fid_table = readme_fid_table()
@@ -145,7 +166,8 @@ def main() -> None:
     text, ablation_problems = verbatim(text, "sarnet_ablation")
     text, variant_problems = verbatim(text, "gen_xgboost_variants")
     text, training_problems = training_table(text)
-    problems = fid_problems + ablation_problems + variant_problems + training_problems
+    text, map_problems = module_map_block(text) if "<!-- module_map:start -->" in text else (text, [])
+    problems = fid_problems + ablation_problems + variant_problems + training_problems + map_problems
     if "--write" in sys.argv[1:]:
         README.write_text(text)
         if Path("dvc.yaml").is_file():

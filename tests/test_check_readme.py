@@ -120,3 +120,18 @@ def test_the_readme_fid_table_dates_every_row_and_marks_the_stale_or_newer_ones(
     assert annotate(table, summary, current, dates, stale={"xgb"}) == (
         "| L | ours | conv |\n| --- | --- | --- |\n| 128 | 5.291 ± 0.239 (50; 2026-12-03) | 6.000 ± 0.100 (10; 2026-12-04) ⚠ |\n"
         "| model | ours |\n| xgb | 81.316 ± 1.248 (10; 2026-12-05) ⚠ |\n")
+
+
+def test_the_readme_module_map_is_the_package_docstring_s(tmp_path):
+    check_readme = _check_readme_module()
+    (tmp_path / "src" / "sarnet").mkdir(parents=True)
+    (tmp_path / "src" / "sarnet" / "__init__.py").write_text(
+        '"""The library.\n\nModule map, lower layers first:\n  errors, files   the core\n  models          generators\n"""\n')
+    fresh = "# x\n<!-- module_map:start -->\n<!-- module_map:end -->\n"
+    text, problems = check_readme.module_map_block(fresh, tmp_path)
+    assert problems == ["module_map block: differs from src/sarnet/__init__.py's module map"]
+    assert text == ("# x\n<!-- module_map:start -->\n```\n  errors, files   the core\n  models          generators\n```\n"
+                    "<!-- module_map:end -->\n")
+    assert check_readme.module_map_block(text, tmp_path) == (text, [])
+    drifted = text.replace("models ", "model  ")  # the README's copy drifted from the code's
+    assert check_readme.module_map_block(drifted, tmp_path)[1] != []
