@@ -24,7 +24,6 @@ from pathlib import Path
 import yaml
 
 README = Path("README.md")
-STALE_MARK = "⚠"  # as in check_lock.py
 METRICS = Path("metrics")
 
 
@@ -42,6 +41,9 @@ def _check_lock():
     sys.modules["check_lock"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+STALE_MARK = _check_lock().STALE_MARK
 
 
 def annotate_fid_table(table: str, summary: dict[str, dict], current: dict[str, dict], dates: dict[str, str],

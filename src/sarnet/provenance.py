@@ -43,16 +43,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit checked out (`HEAD`), or `unknown` outside git."""
+def git_state(cwd: str | Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the code (MLflow tags); DVC's own outputs (dvc.lock, metrics/) do not count
+    as dirt, since a running `dvc repro` rewrites them."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock", ":(exclude)metrics")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else "unknown"
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(changed)).lower()}
 
 
 def run_record() -> dict[str, str | float]:
-    """This run's provenance: UTC date, commit, CPU model and GEMM-1024 time in ms."""
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
-            "cpu": cpu_model(), "gemm1024_ms": gemm_ms()}
+    """This run's provenance: UTC date, commit (and whether the code differed from it), CPU model and
+    GEMM-1024 time in ms."""
+    git = git_state()
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git["git.commit"],
+            "dirty": git["git.dirty"], "cpu": cpu_model(), "gemm1024_ms": gemm_ms()}

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +24,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sarnet.provenance import git_state
 
 DEFAULT_EXPERIMENT = "sarnet"
 STORE_FILE = "mlflow.db"
@@ -69,20 +70,6 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
-
-
-def git_state(cwd: Path | None = None) -> dict[str, str]:
-    """Commit and dirty flag of the code; DVC's own outputs (dvc.lock, metrics/) do not count as dirt,
-    since a running `dvc repro` rewrites them."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock", ":(exclude)metrics")
-    except (OSError, subprocess.SubprocessError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(changed)).lower()}
 
 
 class Tracker:
