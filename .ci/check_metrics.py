@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from sarnet.core.params import resolve_models
+
 PARAMS = yaml.safe_load(Path("params.yaml").read_text())
 DATASETS = PARAMS["prepare"]["datasets"]
 problems: list[str] = []
@@ -62,19 +64,13 @@ table = [line for line in Path("metrics/calibration.md").read_text().splitlines(
 if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")
 
-VARIANTS = PARAMS["sarnet_vae_data"]  # the SarNET VAE on other training sets
-SARNET_VARIANTS = PARAMS["sarnet_data"]  # §4.1's simple SarNET variants
-BASELINES = PARAMS["baselines"]  # the seeds' other generators
-epochs = {"sarnet": PARAMS["sarnet"]["epochs"]}
-epochs |= {f"sarnet_{key}": v.get("epochs", PARAMS["sarnet"]["epochs"]) for key, v in SARNET_VARIANTS.items()}
-epochs |= {name: v["epochs"] for name, v in BASELINES.items()}
-epochs |= {f"{kind}_L{L}": PARAMS[kind]["epochs"] for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
-epochs |= {f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("epochs", PARAMS["sarnet_vae"]["epochs"]) for key, v in VARIANTS.items()}
-models = list(epochs)
-for name in models:
+MODELS = resolve_models(PARAMS)  # every generator of the shared training loop, by name, with its base's settings
+THESIS_KINDS = ("sarnet", "sarnet_vae", "conv_vae")
+BASELINES = {name: entry for name, entry in MODELS.items() if entry["kind"] not in THESIS_KINDS}  # the seeds' generators
+for name, entry in MODELS.items():
+    kind = entry["kind"]
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    kind = BASELINES.get(name, {}).get("kind")
     expected = {"gan_mlp": (), "dcgan": (), "pixelcnn": ("test_nll_nats", "test_bits_per_dim"),
                 "pixelrnn_row": ("test_nll_nats", "test_bits_per_dim"),
                 "vqvae": ("test_mse", "test_l1", "codebook_perplexity", "codes_used", "prior_test_nll_nats")
@@ -82,14 +78,15 @@ for name in models:
     for key in ("final_train_loss", "final_test_loss", *expected):
         finite(path, key, m.get(key))
     finite(f"metrics/timing/train/{name}.json", "seconds_per_epoch", load_json(f"metrics/timing/train/{name}.json").get("seconds_per_epoch"))
-    history = list(csv.DictReader(open(f"metrics/train/{name}_history.csv")))
-    if len(history) != epochs[name]:
-        problems.append(f"metrics/train/{name}_history.csv: {len(history)} epochs, params say {epochs[name]}")
-    grids = [f"metrics/samples/{name}.png"] + ([] if name in BASELINES else [f"metrics/samples/{name}_reconstruction.png"])
+    history = list(csv.DictReader(open(f"metrics/train/{name}/history.csv")))
+    if len(history) != entry["epochs"]:
+        problems.append(f"metrics/train/{name}/history.csv: {len(history)} epochs, params say {entry['epochs']}")
+    grids = [f"metrics/train/{name}/samples.png"] + ([] if kind in ("gan_mlp", "dcgan", "pixelcnn", "pixelrnn_row")
+                                                     else [f"metrics/train/{name}/reconstruction.png"])
     if name in BASELINES:
-        steps = list(csv.DictReader(open(f"metrics/train/{name}_steps.csv")))
+        steps = list(csv.DictReader(open(f"metrics/train/{name}/steps.csv")))
         if not steps or not all(math.isfinite(float(row["train_loss"])) for row in steps):
-            problems.append(f"metrics/train/{name}_steps.csv: no steps, or a non-finite loss")
+            problems.append(f"metrics/train/{name}/steps.csv: no steps, or a non-finite loss")
     for grid in grids:
         if not Path(grid).read_bytes().startswith(b"\x89PNG"):
             problems.append(f"{grid}: not a PNG")
@@ -104,14 +101,8 @@ if m.get("models") != 391 and PARAMS["gen_xgboost"]["patch"] == 2:
 
 # The FID table: one evaluation per generator, with the protocol's number of sets ...
 evaluate = PARAMS["evaluate"]
-evaluated = {f"{kind}_L{L}": evaluate["sets_by_latent"].get(L, evaluate["sets"])
-             for kind in ("sarnet_vae", "conv_vae") for L in PARAMS["latent_dims"]}
-evaluated |= {"sarnet": evaluate["sets"], "gen_xgboost": evaluate["sets"]}
-evaluated |= {f"sarnet_vae_{key}_L{v['latent_dim']}": evaluate["sets"] for key, v in VARIANTS.items()}
-evaluated |= {f"sarnet_{key}": evaluate["sets"] for key in SARNET_VARIANTS}
-evaluated |= {name: evaluate["sets"] for name in BASELINES}
-DIGIT = ({f"sarnet_vae_{key}_L{v['latent_dim']}": v.get("digit") for key, v in VARIANTS.items()}
-         | {name: v.get("digit") for name, v in BASELINES.items()})  # the class each model was trained on
+evaluated = {name: evaluate["sets_by_model"].get(name, evaluate["sets"]) for name in [*MODELS, "gen_xgboost"]}
+DIGIT = {name: entry["digit"] for name, entry in MODELS.items()} | {"gen_xgboost": PARAMS["gen_xgboost"]["digit"]}
 fid = {}
 for name, sets in evaluated.items():
     path = f"metrics/fid/{name}.json"
@@ -120,19 +111,18 @@ for name, sets in evaluated.items():
     fids, mlp = by_instrument.get("cnn", []), by_instrument.get("mlp", [])
     if m.get("sets") != sets or len(fids) != sets or len(mlp) != sets:
         problems.append(f"{path}: {len(fids)} CNN and {len(mlp)} MLP per-set FIDs (sets={m.get('sets')}), params say {sets}")
-    for key in ("mlp_mean", "mlp_std"):
-        finite(path, key, m.get(key))
-    if mlp and abs(sum(mlp) / len(mlp) - m.get("mlp_mean", math.nan)) > 1e-4:
-        problems.append(f"{path}: mlp_mean {m.get('mlp_mean')} is not the mean of its per-set MLP FIDs")
-    for i, value in enumerate(fids):
-        finite(path, f"fids[{i}]", value)
-    finite(path, "mean", m.get("mean"))
+    for instrument, per_set in (("cnn", fids), ("mlp", mlp)):
+        stats = m.get(instrument, {})
+        for key in ("mean", "std"):
+            finite(path, f"{instrument}.{key}", stats.get(key))
+        for i, value in enumerate(per_set):
+            finite(path, f"{instrument} set {i}", value)
+        if per_set and abs(sum(per_set) / len(per_set) - stats.get("mean", math.nan)) > 1e-4:
+            problems.append(f"{path}: {instrument}.mean {stats.get('mean')} is not the mean of its per-set FIDs")
     for key in ("is_mean", "is_std", "sharpness", "logit_spread_ratio", "nearest_train_distance"):
         finite(path, key, m.get(key))
-    if DIGIT.get(name, PARAMS["sarnet"]["digit"]) == 5:
-        finite(path, "five_rate", m.get("five_rate"))  # every model of the fives
-    if fids and abs(sum(fids) / len(fids) - m.get("mean", math.nan)) > 1e-4:
-        problems.append(f"{path}: mean {m.get('mean')} is not the mean of its per-set FIDs")
+    if DIGIT[name] is not None:
+        finite(path, "class_rate", m.get("class_rate"))  # every model of one class
     if not Path(f"metrics/fid/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
         problems.append(f"metrics/fid/samples/{name}.png: not a PNG")
 
@@ -142,8 +132,10 @@ table = Path("metrics/fid_table.md").read_text()
 if "**What holds on both instruments.**" not in table or "Spearman rank correlation between the instruments" not in table:
     problems.append("metrics/fid_table.md: no 'what holds on both instruments' section")
 latent_rows = {int(line.split("|")[1]): line for line in table.splitlines() if re.match(r"\| \d+ \|", line)}
-if sorted(latent_rows) != sorted(PARAMS["latent_dims"]):
-    problems.append(f"metrics/fid_table.md: rows for L = {sorted(latent_rows)}, params say {sorted(PARAMS['latent_dims'])}")
+TABLE_LATENTS = {name: entry["latent_dim"] for name, entry in MODELS.items()
+                 if entry["kind"] in ("sarnet_vae", "conv_vae") and name == f"{entry['kind']}_L{entry['latent_dim']}"}
+if sorted(latent_rows) != sorted(set(TABLE_LATENTS.values())):
+    problems.append(f"metrics/fid_table.md: rows for L = {sorted(latent_rows)}, params say {sorted(set(TABLE_LATENTS.values()))}")
 shown = {}
 for L, line in latent_rows.items():
     found = cell.findall(line)
@@ -164,26 +156,31 @@ def one_result(matches, what: str) -> "tuple | None":
 
 rows = {name: one_result(lambda l, label=label: l.startswith(f"| {label} |"), label)
         for name, label in (("sarnet", "simple SarNET"), ("gen_xgboost", "generative XGBoost"))}
-rows |= {f"sarnet_vae_{key}_L{v['latent_dim']}": one_result(lambda l, key=key: f"training set `{key}`" in l,
-                                                              f"training set {key}") for key, v in VARIANTS.items()}
-rows |= {f"sarnet_{key}": one_result(lambda l, key=key: l.startswith(f"| simple SarNET `{key}`:"),
-                                     f"simple SarNET variant {key}") for key in SARNET_VARIANTS}
+VARIANTS = {name: name.removeprefix("sarnet_vae_").removesuffix(f"_L{entry['latent_dim']}") for name, entry in MODELS.items()
+            if entry["kind"] == "sarnet_vae" and name not in TABLE_LATENTS}  # the SarNET VAE on other training sets
+SARNET_VARIANTS = {name: name.removeprefix("sarnet_") for name, entry in MODELS.items()
+                   if entry["kind"] == "sarnet" and name != "sarnet"}  # §4.1's simple SarNET variants
+rows |= {name: one_result(lambda l, key=key: f"training set `{key}`" in l, f"training set {key}")
+         for name, key in VARIANTS.items()}
+rows |= {name: one_result(lambda l, key=key: l.startswith(f"| simple SarNET `{key}`:"), f"simple SarNET variant {key}")
+         for name, key in SARNET_VARIANTS.items()}
 rows |= {name: one_result(lambda l, name=name: l.startswith(f"| `{name}`:"), f"baseline {name}") for name in BASELINES}
 shown |= {name: result for name, result in rows.items() if result is not None}
 for name in BASELINES:
     if not re.search(rf"^- `{name}`: \d+\.\d min of ", Path("metrics/budgets.md").read_text(), re.M):
         problems.append(f"metrics/budgets.md: no budget line for baseline {name}")
 ablation = Path("metrics/sarnet_ablation.md").read_text() if Path("metrics/sarnet_ablation.md").exists() else ""
-for key in SARNET_VARIANTS:
+for key in SARNET_VARIANTS.values():
     if f"`{key}`" in ablation and "not run" in next(l for l in ablation.splitlines() if f"`{key}`" in l):
         problems.append(f"metrics/sarnet_ablation.md: variant {key} reads 'not run'")
 if not ablation:
     problems.append("metrics/sarnet_ablation.md: missing")
 for name, (mean, std, sets) in shown.items():
     m = fid.get(name, {})
-    if (float(mean), float(std), int(sets)) != (round(m.get("mean", math.nan), 3), round(m.get("std", math.nan), 3), m.get("sets")):
+    cnn = m.get("cnn", {})
+    if (float(mean), float(std), int(sets)) != (round(cnn.get("mean", math.nan), 3), round(cnn.get("std", math.nan), 3), m.get("sets")):
         problems.append(f"metrics/fid_table.md: {name} shows {mean} ± {std} ({sets}), metrics/fid/{name}.json says "
-                        f"{m.get('mean')} ± {m.get('std')} ({m.get('sets')})")
+                        f"{cnn.get('mean')} ± {cnn.get('std')} ({m.get('sets')})")
 set_rows = list(csv.DictReader(open("metrics/fid_sets.csv")))
 if len(set_rows) != sum(evaluated.values()):
     problems.append(f"metrics/fid_sets.csv: {len(set_rows)} rows, expected {sum(evaluated.values())}")
@@ -222,5 +219,5 @@ for path in sorted(p for data in json.loads(declared.stdout).values() for p in d
 if problems:
     print("metrics check failed:\n  " + "\n  ".join(problems))
     sys.exit(1)
-print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(models)} trained generators, generative XGBoost, "
+print(f"metrics check passed: {len(DATASETS)} datasets, {len(rows)} calibration rows, {len(MODELS)} trained generators, generative XGBoost, "
       f"FID table of {len(evaluated)} generators ({sum(evaluated.values())} sets), {len(PARAMS['figures'])} figure sets")

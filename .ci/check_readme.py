@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from sarnet.core.params import resolve_models
+
 README = Path("README.md")
 METRICS = Path("metrics")
 
@@ -55,6 +57,7 @@ def annotate_fid_table(table: str, summary: dict[str, dict], current: dict[str, 
         if model not in dates:
             continue
         now = current.get(model, {})
+        now = now.get("cnn", now)  # the CNN's numbers (records written before issue 30 kept them at the top level)
         newer = (now.get("mean"), now.get("std")) != (record["mean"], record["std"])
         cell = f"{record['mean']:.3f} ± {record['std']:.3f} ({record['sets']})"
         shown = f"{cell[:-1]}; {dates[model]})" + (f" {STALE_MARK}" if model in stale or newer else "")
@@ -123,16 +126,10 @@ def training_table(text: str) -> tuple[str, list[str]]:
         if not (train_path.exists() and timing_path.exists()):
             problems.append(f"training block: {model}: no {train_path} or {timing_path}")
             continue
-        data = re.fullmatch(r"sarnet_vae_(\w+)_L\d+", name)
-        sarnet_variant = re.fullmatch(r"sarnet_(\w+)", name)
-        if name == "sarnet":
-            epochs = params["sarnet"]["epochs"]
-        elif data and data.group(1) in params["sarnet_vae_data"]:
-            epochs = params["sarnet_vae_data"][data.group(1)].get("epochs", params["sarnet_vae"]["epochs"])
-        elif sarnet_variant and sarnet_variant.group(1) in params.get("sarnet_data", {}):
-            epochs = params["sarnet_data"][sarnet_variant.group(1)].get("epochs", params["sarnet"]["epochs"])
-        else:
-            epochs = params[name.rsplit("_L", 1)[0]]["epochs"]
+        if name not in params["models"]:
+            problems.append(f"training block: {model}: no such entry in params.yaml's `models`")
+            continue
+        epochs = resolve_models(params)[name]["epochs"]
         expected = _row(model, epochs, json.loads(train_path.read_text()), json.loads(timing_path.read_text()), cells[4])
         if line.strip() != expected:
             problems.append(f"training block: {model}: README says\n    {line.strip()}\n  metrics say\n    {expected}")

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from sarnet.loader import load_model
-from sarnet.registry import build_model
-from sarnet.training import seed_everything
+from sarnet.families import load_model
+from sarnet.families import build_model
+from sarnet.core.training import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("pixelcnn", "vqvae", "pixelrnn_row")

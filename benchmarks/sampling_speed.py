@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from sarnet.loader import load_model
-from sarnet.model_files import SUFFIX
-from sarnet.models import SarNetVAE
-from sarnet.registry import build_model
-from sarnet.training import TrainConfig, fit, seed_everything
+from sarnet.families import load_model
+from sarnet.core.model_files import SUFFIX
+from sarnet.families.sarnet_vae import SarNetVAE
+from sarnet.families import build_model
+from sarnet.core.training import TrainConfig, fit, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT_DIM = 128  # without --model: the thesis's main model, SarNetVAE L = 128

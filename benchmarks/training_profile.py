@@ -16,8 +16,8 @@ import torch
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from sarnet.registry import build_model
-from sarnet.training import seed_everything
+from sarnet.families import build_model
+from sarnet.core.training import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT_DIM = 128

@@ -4,7 +4,7 @@
 
 For the SarNET VAE and the conv VAE (L = 128, the paper's `params.yaml` settings: batch 64, Adam,
 BCE + KL summed) both trees train on the same 5,421 random images through their own
-`sarnet.training.fit` (the current tree with its section's `precision`, the baseline with whatever its
+`sarnet.core.training.fit` (the current tree with its section's `precision`, the baseline with whatever its
 code has), in fresh subprocesses that alternate baseline, current, baseline, … for
 `--rounds` rounds, so both see the same machine state. Each tree's best epoch is its time; the
 ratio baseline / current is the speed-up (issue 15's goal: ≥ 1.6× on 2 CPU cores). The baseline
@@ -32,10 +32,10 @@ STEP_SCRIPT = r"""
 import json, sys, tempfile
 import torch
 try:
-    from sarnet.registry import build_model
+    from sarnet.families import build_model
 except ImportError:  # a baseline tree from before the registry
-    from sarnet.models import build_model
-from sarnet.training import TrainConfig, fit, seed_everything
+    from sarnet.families import build_model
+from sarnet.core.training import TrainConfig, fit, seed_everything
 kind, section, latent, epochs, device = json.loads(sys.argv[1])
 seed_everything(0)
 model = build_model(kind, section, latent)

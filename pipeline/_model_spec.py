@@ -1,4 +1,4 @@
-"""Which generator a training or evaluation stage is about, from its command's arguments."""
+"""Which generator a training or evaluation stage is about: an entry of params.yaml's `models` table."""
 
 from __future__ import annotations
 
@@ -6,68 +6,72 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _stage import DATA_KEYS, PARAMS_FILE, latent_arg, model_params, params
+from _stage import DATA_KEYS, PARAMS_FILE, params
 
-from sarnet.data import dataset_spec
-from sarnet.errors import SarnetError
-from sarnet.model_files import SUFFIX
-from sarnet.names import generator_name, model_path
-
-BASELINE_KEYS = ("kind", "latent_dim", "budget_minutes")  # what a `baselines` entry says besides its model section
+from sarnet.core.data import dataset_spec
+from sarnet.core.errors import SarnetError
+from sarnet.core.model_files import check_model_name, model_path
+from sarnet.core.params import TABLE_KEYS, read_params_file, resolve_models
+from sarnet.families import FAMILY_OF_KIND
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A generator as a stage command names it: `<kind> [latent [variant]]` (a thesis model, `-` for no
-    latent size) or `baseline <name>` (an entry of params.yaml's `baselines`)."""
+    """One entry of the `models` table, checked."""
 
+    name: str  # its key: models/<kind>/<name>.safetensors, metrics/train/<name>.json, …
     kind: str
     latent: int | None
-    variant: str | None
-    name: str  # its files and runs: models/<kind>/<name>.safetensors, metrics/train/<name>.json, …
-    params: dict[str, Any]  # its model section, variants and baselines resolved
-    section: str  # where that section is in params.yaml, for messages: `sarnet_vae_data.fashion`
-    baseline: bool = False
+    params: dict[str, Any]  # its settings (architecture, training, data: its base's, then its own), no table keys
+
+    @property
+    def section(self) -> str:
+        """Where the entry is in params.yaml, for messages."""
+        return f"models.{self.name}"
 
     @property
     def model_path(self) -> Path:
-        return Path("models") / self.kind / f"{self.name}{SUFFIX}" if self.baseline else model_path(
-            self.kind, self.latent, data=self.variant)
+        return model_path(self.kind, self.name)
 
-    def dvc_stage(self, action: str) -> str:
+    def stage(self, action: str) -> str:
         """This model's `train` or `evaluate` stage in dvc.yaml (the MLflow run name outside DVC too)."""
-        if self.baseline:
-            return f"{action}_baseline@{self.name}"
-        if self.variant is not None:
-            return f"{action}_{self.kind}_data@{self.variant}"
-        if self.latent is None:
-            return f"{action}_{self.kind}" if action == "train" else f"evaluate@{self.kind}"
-        return f"train_{self.kind}@{self.latent}" if action == "train" else f"evaluate_vae@{self.kind}-{self.latent}"
+        return f"{action}_xgboost" if self.kind == "gen_xgboost" else f"{action}@{self.name}"
+
+
+def xgboost_spec() -> ModelSpec:
+    """The generative XGBoost, whose section `gen_xgboost` is its own (its training is not the shared loop)."""
+    settings = params("gen_xgboost")
+    missing = [k for k in DATA_KEYS if k not in settings]
+    if missing:
+        raise SarnetError(f"{PARAMS_FILE}: `gen_xgboost` has no '{missing[0]}'")
+    return ModelSpec("gen_xgboost", "gen_xgboost", None, settings)
 
 
 def model_spec(*args: str) -> ModelSpec:
-    """The ModelSpec of a stage command's arguments; a bad name or entry is one line, before any work."""
-    if args[:1] == ("baseline",):
-        if len(args) != 2:
-            raise SarnetError("usage: baseline <name>, a key of params.yaml's `baselines`")
-        name = args[1]
-        entries = params("baselines")
-        if name not in entries:
-            raise SarnetError(f"{PARAMS_FILE}: no baseline {name!r} under `baselines` (have: {', '.join(entries)})")
-        entry = entries[name]
-        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
-            raise SarnetError(f"{PARAMS_FILE}: `baselines.{name}` must be a mapping with a `kind`")
-        generator_name(entry["kind"], entry.get("latent_dim"))  # a known kind, a latent size where it needs one
-        generator_name(entry["kind"], entry.get("latent_dim"), name)  # and a name fit for files
-        section = {k: v for k, v in entry.items() if k not in BASELINE_KEYS}
-        missing = [k for k in DATA_KEYS if k not in section]
-        if missing:
-            raise SarnetError(f"{PARAMS_FILE}: `baselines.{name}` has no '{missing[0]}'")
-        dataset_spec(section["dataset"])
-        return ModelSpec(entry["kind"], entry.get("latent_dim"), None, name, section, f"baselines.{name}", baseline=True)
-    if not 1 <= len(args) <= 3:
-        raise SarnetError("usage: <kind> [latent_dim [variant]] or baseline <name>")
-    kind, latent, variant = args[0], latent_arg(args[1] if len(args) > 1 else None), args[2] if len(args) > 2 else None
-    name = generator_name(kind, latent, variant)
-    return ModelSpec(kind, latent, variant, name, model_params(kind, variant),
-                     kind if variant is None else f"{kind}_data.{variant}")
+    """The ModelSpec of a stage command's one argument, a key of `models`; a bad name or entry is one
+    line, before any work."""
+    if len(args) != 1:
+        raise SarnetError("usage: <name>, a key of params.yaml's `models`")
+    name = args[0]
+    entries = params("models")
+    if name not in entries:
+        raise SarnetError(f"{PARAMS_FILE}: no model {name!r} under `models` (have: {', '.join(entries)})")
+    if not isinstance(entries[name], dict) or not isinstance(entries[name].get("kind"), str):
+        raise SarnetError(f"{PARAMS_FILE}: `models.{name}` must be a mapping with a `kind`")
+    check_model_name(name)
+    entry = resolve_models(read_params_file(PARAMS_FILE, hint="run stages from the project root"))[name]
+    kind = entry["kind"]
+    if kind not in FAMILY_OF_KIND:
+        raise SarnetError(f"{PARAMS_FILE}: `models.{name}.kind`: unknown kind {kind!r} (known: {', '.join(FAMILY_OF_KIND)})")
+    if entry.get("family") != FAMILY_OF_KIND[kind]:  # dvc.yaml's code dependency comes from it
+        raise SarnetError(f"{PARAMS_FILE}: `models.{name}.family` must be {FAMILY_OF_KIND[kind]!r} for a {kind}, "
+                          f"got {entry.get('family')!r}")
+    latent = entry.get("latent_dim")
+    if latent is not None and (isinstance(latent, bool) or not isinstance(latent, int) or latent < 1):
+        raise SarnetError(f"{PARAMS_FILE}: `models.{name}.latent_dim` must be a positive integer, got {latent!r}")
+    settings = {k: v for k, v in entry.items() if k not in TABLE_KEYS} | {"dataset": entry.get("dataset")}
+    missing = [k for k in DATA_KEYS if k not in entry]
+    if missing:
+        raise SarnetError(f"{PARAMS_FILE}: `models.{name}` has no '{missing[0]}' (nor has its base)")
+    dataset_spec(settings["dataset"])  # an unknown dataset name fails here, before any work
+    return ModelSpec(name, kind, latent, settings)

@@ -12,17 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sarnet.data import dataset_spec
-from sarnet.errors import SarnetError
-from sarnet.files import write_json
-from sarnet.params import read_params_file
-from sarnet.provenance import run_record
+from sarnet.core.errors import SarnetError
+from sarnet.core.files import write_json
+from sarnet.core.params import read_params_file
+from sarnet.core.provenance import run_record
 from sarnet.tracking import end_experiment_parent
 
 PARAMS_FILE = Path("params.yaml")
 METRICS_DIR = Path("metrics")
 TIMING_DIR = METRICS_DIR / "timing"  # wall times and speeds: they differ on every run, so not DVC metrics
-DATA_KEYS = ("dataset", "digit", "train_limit")  # what every model section says about its training data
+DATA_KEYS = ("dataset", "digit", "train_limit")  # what every model entry says about its training data
 _started = time.perf_counter()
 
 
@@ -32,7 +31,7 @@ def elapsed() -> float:
 
 
 def run_name(fallback: str) -> str:
-    """The MLflow run name: the DVC stage being run (`DVC_STAGE`, e.g. `train_sarnet_vae@128`), or
+    """The MLflow run name: the DVC stage being run (`DVC_STAGE`, e.g. `train@sarnet_vae_L128`), or
     `fallback` (the same name, spelled by the script) when the script runs outside DVC."""
     return os.environ.get("DVC_STAGE") or fallback
 
@@ -69,37 +68,6 @@ def params(section: str) -> Any:
     if section not in all_params:
         raise SarnetError(f"{PARAMS_FILE}: no '{section}' section")
     return all_params[section]
-
-
-def model_params(kind: str, data: str | None = None) -> dict[str, Any]:
-    """A model's params section; with `data`, that entry of the `<kind>_data` section laid over it
-    (a variant: the same model on another training set, thesis §4.3 and §5.2, or with §4.1's other
-    loss, patch size or output)."""
-    base = params(kind)
-    missing = [k for k in DATA_KEYS if k not in base]
-    if missing:
-        raise SarnetError(f"{PARAMS_FILE}: `{kind}` has no '{missing[0]}'")
-    if data is None:
-        return base
-    variants = params(f"{kind}_data")
-    if data not in variants:
-        raise SarnetError(f"{PARAMS_FILE}: no variant {data!r} under `{kind}_data` (have: {', '.join(variants)})")
-    unknown = set(variants[data]) - set(base) - {"latent_dim"}
-    if unknown:
-        raise SarnetError(f"{PARAMS_FILE}: `{kind}_data.{data}` sets {sorted(unknown)}, which `{kind}` does not have")
-    merged = base | {k: v for k, v in variants[data].items() if k != "latent_dim"}  # the stage's argument
-    dataset_spec(merged["dataset"])  # an unknown dataset name fails here, before any work
-    return merged
-
-
-def latent_arg(text: str | None) -> int | None:
-    """The latent-size argument of a stage command (`train_model.py sarnet_vae 128`); `-` for a model
-    without one that is followed by a variant (`train_model.py sarnet - mse`)."""
-    if text is None or text == "-":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise SarnetError(f"latent size must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def stage(fn: Callable[..., None]) -> Callable[[], None]:

@@ -2,14 +2,14 @@
 
 from _stage import params, run_name, stage, write_results
 
-from sarnet.calibration import calibrate, calibration_markdown, real_references
-from sarnet.data import load_prepared, to_unit_tensor
-from sarnet.device import default_device
-from sarnet.fid import FidScorer
-from sarnet.files import write_text
-from sarnet.loader import load_model
-from sarnet.classifier import instrument_path
-from sarnet.params import check_keys
+from sarnet.instruments.calibration import calibrate, calibration_markdown, real_references
+from sarnet.core.data import load_prepared, to_unit_tensor
+from sarnet.core.device import default_device
+from sarnet.instruments.fid import FidScorer
+from sarnet.core.files import write_text
+from sarnet.instruments.loader import load_instrument
+from sarnet.instruments.classifier import instrument_path
+from sarnet.core.params import check_keys
 from sarnet.tracking import stage_run
 
 CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "
@@ -27,8 +27,8 @@ def main() -> None:
     all_digits = load_prepared(f"data/prepared/{dataset}.npz", digit=None)
     protocol = params("evaluate")  # the references are measured as the generators are
     device = default_device()
-    scorer = FidScorer(load_model(instrument_path(dataset, "cnn"), device, kind="classifier"), device=device)
-    second = FidScorer(load_model(instrument_path(dataset, "mlp"), device, kind="mlp_classifier"), device=device)
+    scorer = FidScorer(load_instrument(instrument_path(dataset, "cnn"), device, "cnn"), device=device)
+    second = FidScorer(load_instrument(instrument_path(dataset, "mlp"), device, "mlp"), device=device)
 
     with stage_run(run_name("calibrate"), params=p, dataset=dataset) as tracker:
         results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"],

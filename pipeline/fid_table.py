@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from _stage import TIMING_DIR, params, run_name, stage, write_timing
+from _stage import PARAMS_FILE, TIMING_DIR, params, run_name, stage, write_timing
 
-from sarnet.files import write_json, write_text
-from sarnet.names import generator_name
-from sarnet.params import check_keys
+from sarnet.core.files import write_json, write_text
+from sarnet.core.model_files import THESIS_KINDS, variant_of
+from sarnet.core.params import check_keys, read_params_file, resolve_models
 from sarnet.report import (FidRow, ablation_markdown, agreement_markdown, budget_markdown, describe_variant,
                            fid_table_markdown, plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
@@ -20,19 +20,30 @@ from sarnet.tracking import stage_run
 OUT = Path("metrics")
 
 
+def _models() -> dict[str, dict]:
+    """The `models` table, every entry with its base's settings."""
+    return resolve_models(read_params_file(PARAMS_FILE, hint="run stages from the project root"))
+
+
 def _evaluated() -> list[tuple[str, str, int | None, str | None, str, bool]]:
-    """Every generator the pipeline evaluates, in table order:
-    (name, kind, latent size, variant, dataset it is scored on, whether it is a baseline)."""
-    latent_dims = params("latent_dims")
-    thesis = [(kind, L, None) for kind in ("sarnet_vae", "conv_vae") for L in latent_dims]
-    thesis += [("sarnet", None, None), ("gen_xgboost", None, None)]
-    thesis += [("sarnet_vae", int(v["latent_dim"]), key) for key, v in params("sarnet_vae_data").items()]
-    thesis += [("sarnet", None, key) for key in params("sarnet_data")]
-    rows = [(generator_name(kind, latent, data), kind, latent, data,
-             params(f"{kind}_data")[data].get("dataset", "mnist") if data is not None else "mnist", False)
-            for kind, latent, data in thesis]
-    rows += [(name, v["kind"], v.get("latent_dim"), None, v["dataset"], True) for name, v in params("baselines").items()]
-    return rows
+    """Every generator the pipeline evaluates, in table order (Table 4.1's rows, the thesis's single models,
+    their variants, the seeds' models; each group in params.yaml's order):
+    (name, kind, latent size, variant, dataset it is scored on, whether it is one of the seeds' models)."""
+    entries = [*_models().items(), ("gen_xgboost", params("gen_xgboost") | {"kind": "gen_xgboost"})]
+    rows = []
+    for name, entry in entries:
+        kind, latent = entry["kind"], entry.get("latent_dim")
+        baseline = kind not in THESIS_KINDS
+        variant = None if baseline else variant_of(name, kind, latent)
+        rows.append((name, kind, latent, variant, entry["dataset"], baseline))
+    group = lambda row: 3 if row[5] else 2 if row[3] is not None else 1 if row[2] is None else 0  # noqa: E731
+    return sorted(rows, key=group)  # stable: params.yaml's order within a group
+
+
+def _table_latents(evaluated: list[tuple[str, str, int | None, str | None, str, bool]]) -> list[int]:
+    """Table 4.1's latent sizes: those of the thesis's VAEs themselves, in params.yaml's order."""
+    return list(dict.fromkeys(latent for _, _, latent, variant, _, baseline in evaluated
+                              if latent is not None and variant is None and not baseline))
 
 
 def _stage_seconds(evaluated: set[str]) -> tuple[dict[str, float], dict[str, float]]:
@@ -59,17 +70,18 @@ def _stage_seconds(evaluated: set[str]) -> tuple[dict[str, float], dict[str, flo
 @stage
 def main() -> None:
     p = params("fid_table")
-    check_keys("fid_table", p, ("thesis", "calibration_row", "thesis_ablation"), required=True)
-    latent_dims = params("latent_dims")
+    check_keys("fid_table", p, ("thesis", "calibration_row", "thesis_ablation", "budget_minutes"), required=True)
     protocol = params("evaluate")
+    evaluated = _evaluated()
+    latent_dims = _table_latents(evaluated)
     rows, records, missing = [], {}, []
-    for name, kind, latent, data, dataset, baseline in _evaluated():
+    for name, kind, latent, variant, dataset, baseline in evaluated:
         record, sets = OUT / "fid" / f"{name}.json", OUT / "fid" / "sets" / f"{name}.json"
         if not (record.exists() and sets.exists()):
             missing.append(name)
             continue
         records[name] = json.loads(record.read_text())
-        rows.append(FidRow.from_files(name, kind, latent, records[name], json.loads(sets.read_text()), data, dataset,
+        rows.append(FidRow.from_files(name, kind, latent, records[name], json.loads(sets.read_text()), variant, dataset,
                                       baseline))
     if missing:  # a partial run still gets its table; the gaps read "not run"
         print(f"warning: not evaluated: {', '.join(missing)}", file=sys.stderr)
@@ -77,10 +89,12 @@ def main() -> None:
     calibration = calibration_file["rows"][p["calibration_row"]]
     thesis = p["thesis"]
 
-    variants = {key: params("sarnet") | entry for key, entry in params("sarnet_data").items()}
-    labels = {generator_name("sarnet", None, key): f"{describe_variant(v)}, {v['epochs']} epochs" for key, v in variants.items()}
+    models = _models()
+    sarnet_variants = {name: variant for name, kind, _, variant, _, _ in evaluated if kind == "sarnet" and variant}
+    variants = {variant: models[name] for name, variant in sarnet_variants.items()}  # §4.1's ablations, by variant
+    labels = {name: f"{describe_variant(models[name])}, {models[name]['epochs']} epochs" for name in sarnet_variants}
     seconds, gemm_units = _stage_seconds({r.name for r in rows})
-    budgets = {name: v["budget_minutes"] for name, v in params("baselines").items()}
+    budgets = p["budget_minutes"]
     spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
              if f"train/{name}" in seconds and f"fid/{name}" in seconds}
     table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
@@ -88,14 +102,14 @@ def main() -> None:
         rows, records, calibration_file.get("references"))
     write_text(OUT / "fid_table.md", table)
     write_text(OUT / "budgets.md", budget_markdown(budgets, spent))  # wall times: apart from the reproducible table
-    trained = {key: json.loads(path.read_text()) for key in variants
-               if (path := OUT / "train" / f"{generator_name('sarnet', None, key)}.json").exists()}
+    trained = {variant: json.loads(path.read_text()) for name, variant in sarnet_variants.items()
+               if (path := OUT / "train" / f"{name}.json").exists()}
     write_text(OUT / "sarnet_ablation.md", ablation_markdown(
-        variants, trained, {r.data: r for r in rows if r.kind == "sarnet" and r.data}, p["thesis_ablation"]))
+        variants, trained, {r.variant: r for r in rows if r.kind == "sarnet" and r.variant}, p["thesis_ablation"]))
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
-    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": len(r.fids)}
+    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": r.sets}
                                   | ({} if r.by("mlp") is None else dict(zip(("mlp_mean", "mlp_std"), r.by("mlp"))))
                                   for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),

@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from _stage import params, run_name, stage, write_timing
 
-from sarnet.data import load_prepared, to_unit_tensor
-from sarnet.device import default_device
-from sarnet.errors import ConfigError
+from sarnet.core.data import load_prepared, to_unit_tensor
+from sarnet.core.device import default_device
+from sarnet.core.errors import ConfigError
 from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
-from sarnet.figures import save_grid, save_rgb_grid
-from sarnet.files import write_json
-from sarnet.loader import load_model
-from sarnet.model_files import SUFFIX
-from sarnet.params import check_keys
+from sarnet.core.files import save_grid, save_rgb_grid
+from sarnet.core.files import write_json
+from sarnet.families import load_model
+from sarnet.core.model_files import SUFFIX
+from sarnet.core.params import check_keys
 from sarnet.tracking import stage_run
 
 

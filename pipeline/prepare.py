@@ -3,9 +3,9 @@
 import numpy as np
 from _stage import params, run_name, stage, write_results
 
-from sarnet.data import load_prepared, prepare_dataset
-from sarnet.files import write_json
-from sarnet.params import check_keys
+from sarnet.core.data import load_prepared, prepare_dataset
+from sarnet.core.files import write_json
+from sarnet.core.params import check_keys
 from sarnet.tracking import stage_run
 
 

@@ -1,53 +1,54 @@
-"""Stage `train_<kind>[@L]`, `train_<kind>_data@<variant>`, `train_baseline@<name>`: one generator on
-one dataset, through the shared loop.
+"""Stage `train@<name>`: one generator of params.yaml's `models` table, through the shared loop.
 
-Usage: python pipeline/train_model.py <sarnet|sarnet_vae|conv_vae> [latent_dim [variant]]
-       python pipeline/train_model.py baseline <name>
-(variant: a key of params.yaml's `<kind>_data`, e.g. `sarnet_vae 128 fashion`, `sarnet - mse`;
-name: a key of `baselines`, e.g. `baseline dcgan`)
+Usage: python pipeline/train_model.py <name>     (a key of `models`, e.g. `sarnet_vae_L128`, `dcgan`)
 Writes the model file, its samples, what the model measures on the test images (`test_metrics`:
 reconstruction errors `test_mse`, `test_l1` for a model that reconstructs; NLL in nats and bits per
-dimension for a pixel model) and, for the thesis's models, a grid of the first 20 test images each
-followed by its reconstruction. A baseline also keeps its per-step losses
-(metrics/train/<name>_steps.csv: a GAN's two players move every step).
+dimension for a pixel model) and, for a model that reconstructs, a grid of the first 20 test images
+each followed by its reconstruction. The seeds' models also keep their per-step losses
+(a GAN's two players move every step). Besides the model file and metrics/train/<name>.json, everything
+goes into the folder metrics/train/<name>/: history.csv, samples.png, reconstruction.png where the model
+reconstructs, steps.csv for the seeds' models.
 """
+
+from pathlib import Path
 
 import torch
 from _model_spec import model_spec
 from _stage import DATA_KEYS, params, run_name, stage, write_results
 
-from sarnet.data import load_prepared, to_unit_tensor
-from sarnet.figures import save_grid
-from sarnet.params import check_data_keys, check_keys
-from sarnet.registry import build_model, generator_class
+from sarnet.core.data import load_prepared, to_unit_tensor
+from sarnet.core.files import save_grid
+from sarnet.core.model_files import THESIS_KINDS
+from sarnet.core.params import check_data_keys, check_keys
+from sarnet.families import build_model, model_class
 from sarnet.tracking import model_reference, stage_run
-from sarnet.training import TrainConfig, fit, seed_everything
+from sarnet.core.training import TrainConfig, fit, seed_everything
 
 
 @stage
 def main(*args: str) -> None:
     spec = model_spec(*args)
     kind, name, p = spec.kind, spec.name, spec.params
-    config = TrainConfig.from_params(p, spec.section, generator_class(kind).arch_keys + DATA_KEYS)
+    config = TrainConfig.from_params(p, spec.section, model_class(kind).arch_keys + DATA_KEYS)
     check_data_keys(spec.section, p)
     sampling = params("sampling").get(kind, {})
-    check_keys(f"sampling.{kind}", sampling, generator_class(kind).sampling_keys, required=True)  # not after training
+    check_keys(f"sampling.{kind}", sampling, model_class(kind).sampling_keys, required=True)  # not after training
+    thesis_model = kind in THESIS_KINDS
     prepared = load_prepared(f"data/prepared/{p['dataset']}.npz", digit=p["digit"])
     limit = p["train_limit"]  # the CI profile trains on a slice
     train = (to_unit_tensor(prepared.train.images[:limit]).flatten(1),)
     test = (to_unit_tensor(prepared.test.images).flatten(1),)
-    grid_path = f"metrics/samples/{name}.png"
-    reconstruction_path = f"metrics/samples/{name}_reconstruction.png"
-    steps_path = f"metrics/train/{name}_steps.csv" if spec.baseline else None
+    figures = Path("metrics/train") / name  # what training shows besides its numbers (one folder: it varies by model)
+    grid_path, reconstruction_path, history_path = figures / "samples.png", figures / "reconstruction.png", figures / "history.csv"
+    steps_path = None if thesis_model else figures / "steps.csv"
 
-    with stage_run(run_name(spec.dvc_stage("train")), params=p | {"latent_dim": spec.latent}, dataset=p["dataset"],
-                   tags={"model": kind, "model.name": name, "variant": spec.variant or "default",
-                         "baseline": spec.baseline}) as tracker:
+    with stage_run(run_name(spec.stage("train")), params=p | {"latent_dim": spec.latent}, dataset=p["dataset"],
+                   tags={"model": kind, "model.name": name, "baseline": not thesis_model}) as tracker:
         seed_everything(config.seed)
         model = build_model(kind, p, spec.latent)
         history = fit(model, lambda m, batch: m.loss(batch), train, config,
                       checkpoint_path=f"checkpoints/{name}.pt", final_path=spec.model_path, test_data=test,
-                      history_path=f"metrics/train/{name}_history.csv", logger=tracker, step_history_path=steps_path)
+                      history_path=history_path, logger=tracker, step_history_path=steps_path)
         model.cpu().eval()
         save_grid(model.generate(100, config.seed, sampling), grid_path)
         best = min(history, key=lambda r: r.test_loss)
@@ -60,7 +61,7 @@ def main(*args: str) -> None:
             **{f"final_{key}": round(value, 4) for key, value in history[-1].extra.items()},  # e.g. a GAN's g_loss
         }
         metrics |= {key: round(value, 5) for key, value in model.test_metrics(test[0]).items()}  # errors, NLL, …
-        if model.reconstructs and not spec.baseline:
+        if model.reconstructs:
             pairs = torch.stack([test[0][:20], model.reconstruct(test[0][:20]).flatten(1)], dim=1).view(-1, 28, 28)
             save_grid(pairs, reconstruction_path)  # each original followed by its reconstruction
             tracker.log_artifact(reconstruction_path, "samples")
@@ -69,7 +70,7 @@ def main(*args: str) -> None:
         tracker.log_metrics(metrics | timing)
         tracker.set_tags(model_reference(spec.model_path))  # the weights stay in DVC's cache; MLflow keeps their address
         tracker.log_artifact(grid_path, "samples")
-        tracker.log_artifact(f"metrics/train/{name}_history.csv")
+        tracker.log_artifact(history_path)
         print(f"{name}: train {metrics['final_train_loss']} / test {metrics['final_test_loss']} per sample "
               f"(best test {metrics['best_test_loss']} at epoch {best.epoch}); samples in {grid_path}")
 

@@ -8,10 +8,10 @@ import torch
 from _stage import DATA_KEYS, params, run_name, stage, write_results
 from tqdm import tqdm
 
-from sarnet.data import load_prepared
-from sarnet.figures import save_grid
-from sarnet.gen_xgboost import GenerativeXGBoost, GenXGBConfig, from_patches, to_patches
-from sarnet.params import check_keys
+from sarnet.core.data import load_prepared
+from sarnet.core.files import save_grid
+from sarnet.families.xgboost import GenerativeXGBoost, GenXGBConfig, from_patches, to_patches
+from sarnet.core.params import check_keys
 from sarnet.tracking import model_reference, stage_run
 
 MODEL_DIR = "models/gen_xgboost"

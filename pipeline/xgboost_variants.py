@@ -14,16 +14,16 @@ import torch
 from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
 
-from sarnet.classifier import instrument_path
-from sarnet.data import load_prepared, to_unit_tensor
-from sarnet.device import default_device
-from sarnet.errors import ConfigError
-from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.figures import save_grid
-from sarnet.files import write_text
-from sarnet.gen_xgboost import GenerativeXGBoost
-from sarnet.loader import load_model
-from sarnet.params import check_int, check_keys
+from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
+from sarnet.core.data import load_prepared, to_unit_tensor
+from sarnet.core.device import default_device
+from sarnet.core.errors import ConfigError
+from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.core.files import save_grid
+from sarnet.core.files import write_text
+from sarnet.families.xgboost import GenerativeXGBoost
+from sarnet.instruments.loader import load_instrument
+from sarnet.core.params import check_int, check_keys
 from sarnet.tracking import stage_run
 
 GENERATION_SWITCHES = ("randomisation", "randomise_rising", "refiner_offset", "alpha", "i_max")
@@ -57,21 +57,21 @@ def main() -> None:
     prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)
     real_pool, train_pool = to_unit_tensor(prepared.test.images), to_unit_tensor(prepared.train.images)
     device = default_device()
-    cnn = FidScorer(load_model(instrument_path(dataset, "cnn"), device, kind="classifier"), device=device)
-    mlp = FidScorer(load_model(instrument_path(dataset, "mlp"), device, kind="mlp_classifier"), device=device)
+    instruments = {name: FidScorer(load_instrument(instrument_path(dataset, name), device, name), device=device)
+                   for name in INSTRUMENT_NAMES}
 
     records: dict[str, dict[str, float]] = {}
     with stage_run(run_name("xgboost_variants"), params={"variants": p["variants"], "sets": p["sets"]},
                    dataset=dataset, tags={"model": "gen_xgboost", "evaluation": "fid"}) as tracker:
         for name, model in tqdm(variants.items(), desc="variants", unit="variant"):
             result = fid_over_sets(lambda n, seed, model=model: torch.from_numpy(model.generate(n, seed, settings)),
-                                   cnn, real_pool, protocol, label=digit, train_pool=train_pool, second=mlp)
+                                   instruments, real_pool, protocol, label=digit, train_pool=train_pool)
             save_grid(result.preview, f"{GRIDS}/{name}.png")
-            records[name] = {"mean": round(result.mean, 6), "std": round(result.std, 6),
-                             "mlp_mean": round(result.second_mean, 6), "mlp_std": round(result.second_std, 6),
-                             "five_rate": round(float(np.mean(result.class_rate)), 6),
+            records[name] = {**{i: {"mean": round(result.mean(i), 6), "std": round(result.std(i), 6)} for i in instruments},
+                             "class_rate": round(float(np.mean(result.class_rate)), 6),
                              "sharpness": round(float(np.mean(result.sharpness)), 6)}
-            tracker.log_metrics({f"{name}.{key}": value for key, value in records[name].items()})
+            tracker.log_metrics({f"{name}.{i}.{stat}": records[name][i][stat] for i in instruments for stat in ("mean", "std")}
+                                | {f"{name}.{key}": records[name][key] for key in ("class_rate", "sharpness")})
             tracker.log_artifact(f"{GRIDS}/{name}.png", "samples")
         write_results("gen_xgboost_variants", records)
         write_text("metrics/gen_xgboost_variants.md", variants_markdown(p["variants"], records, protocol))
@@ -82,7 +82,7 @@ def main() -> None:
 def both(record: dict[str, float]) -> float:
     """One number for two instruments of different scales: the geometric mean of the CNN's and the MLP's FID,
     so a variant cannot win by pleasing one classifier (one image repeated 10,000 times scores well on the CNN)."""
-    return float(np.sqrt(record["mean"] * record["mlp_mean"]))
+    return float(np.sqrt(record["cnn"]["mean"] * record["mlp"]["mean"]))
 
 
 def variants_markdown(switches: dict[str, dict], records: dict[str, dict[str, float]], protocol: FidProtocol) -> str:
@@ -93,8 +93,8 @@ def variants_markdown(switches: dict[str, dict], records: dict[str, dict[str, fl
              "| --- | --- | --- | --- | ---: | ---: | ---: |"]
     for name, r in records.items():
         spelled = ", ".join(f"{key} {value}" for key, value in switches[name].items())
-        lines.append(f"| `{name}` | {spelled} | {r['mean']:.2f} ± {r['std']:.2f} | {r['mlp_mean']:.2f} ± "
-                     f"{r['mlp_std']:.2f} | {both(r):.2f} | {r['five_rate']:.3f} | {r['sharpness']:.3f} |")
+        lines.append(f"| `{name}` | {spelled} | {r['cnn']['mean']:.2f} ± {r['cnn']['std']:.2f} | {r['mlp']['mean']:.2f} ± "
+                     f"{r['mlp']['std']:.2f} | {both(r):.2f} | {r['class_rate']:.3f} | {r['sharpness']:.3f} |")
     lines += ["", f"Both: the geometric mean of the two FIDs, one number across two scales. Grids: `{GRIDS}/<variant>.png`."]
     return "\n".join(lines) + "\n"
 

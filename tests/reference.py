@@ -44,7 +44,7 @@ SAMPLING = {  # params.yaml `sampling`
 
 def vae(latent_dim: int):
     """A SarNET VAE of the thesis architecture."""
-    from sarnet.models import SarNetVAE
+    from sarnet.families.sarnet_vae import SarNetVAE
 
     return SarNetVAE(latent_dim, HIDDEN, PATCH)
 
@@ -52,7 +52,7 @@ def vae(latent_dim: int):
 def sarnet(classes: int = 0, loss_power: float = 1.0, hidden=HIDDEN, ssim: bool | None = None, patch: int = PATCH):
     """A simple SarNET of the thesis architecture (regression unless `classes`; SSIM in the loss
     unless `ssim` is False or the model has classes ≥ 2)."""
-    from sarnet.models import SarNet
+    from sarnet.families.sarnet import SarNet
 
     return SarNet(hidden, patch, classes, loss_power, classes < 2 if ssim is None else ssim)
 

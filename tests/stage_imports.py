@@ -33,11 +33,12 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def project_imports(script: str | Path) -> set[str]:
-    """Paths (relative to the project root, POSIX) of the script and every project file it imports."""
+def project_imports(script: str | Path, *also: str | Path) -> set[str]:
+    """Paths (relative to the project root, POSIX) of the script and every project file it imports;
+    `also`: modules it imports on demand (a family module the registry loads), walked the same way."""
     script = (ROOT / script).resolve()
     seen: set[Path] = set()
-    todo = [script]
+    todo = [script, *((ROOT / extra).resolve() for extra in also)]
     while todo:
         path = todo.pop()
         if path in seen:
@@ -47,6 +48,8 @@ def project_imports(script: str | Path) -> set[str]:
             found = _module_file(name, script.parent)
             if found is not None and found not in seen:
                 todo.append(found)
-        if path.name != "__init__.py" and (path.parent / "__init__.py").is_file() and path.parent.name == "sarnet":
-            todo.append(path.parent / "__init__.py")  # importing sarnet.x runs sarnet/__init__.py
+        package = ROOT / "src" / "sarnet"
+        for parent in path.parents:  # importing sarnet.x.y runs sarnet/__init__.py and sarnet/x/__init__.py
+            if (parent == package or package in parent.parents) and (parent / "__init__.py").is_file():
+                todo.append(parent / "__init__.py")  # (core/, masked/, instruments/: namespace packages)
     return {p.relative_to(ROOT).as_posix() for p in seen}

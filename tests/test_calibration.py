@@ -1,4 +1,4 @@
-"""Tests for sarnet.calibration: the image transforms and the calibration table."""
+"""Tests for sarnet.instruments.calibration: the image transforms and the calibration table."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
-from sarnet.calibration import CALIBRATION_ROWS, blur_columns, calibrate, pad_and_resize, random_perspective
-from sarnet.fid import FidScorer
+from sarnet.instruments.calibration import CALIBRATION_ROWS, blur_columns, calibrate, pad_and_resize, random_perspective
+from sarnet.instruments.fid import FidScorer
 
 
 # --------------------------------------------------------------------------- blur_columns

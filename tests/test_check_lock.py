@@ -219,9 +219,10 @@ def test_a_readme_block_that_lies_is_reported_and_rewritten(check_lock, repo):
 
 def test_declared_stages_reads_dvc_yaml_as_dvc_resolves_it(check_lock):
     stages = check_lock.declared_stages(ROOT)
-    fashion = stages["train_sarnet_vae_data@fashion"]  # a foreach stage, its templates filled in
+    fashion = stages["train@sarnet_vae_fashion_L128"]  # a foreach stage, its templates filled in
     assert "pipeline/train_model.py" in fashion.deps and "data/prepared/fashion.npz" in fashion.deps
-    assert "sarnet_vae_data.fashion" in fashion.params and "calibrate" in stages
+    assert "src/sarnet/families/sarnet_vae.py" in fashion.deps  # from the entry's `family`, through its base
+    assert "models.sarnet_vae_fashion_L128" in fashion.params and "calibrate" in stages
     assert "metrics/calibration.json" in stages["calibrate"].uncached
 
 

@@ -16,7 +16,9 @@ VARIANTS = "Generative XGBoost, switches varied.\n\n| variant | FID |\n| --- | -
 def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION,
             variants_block: str = VARIANTS, fid_block: str = TABLE) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"sarnet": {"epochs": 500}, "sarnet_vae": {"epochs": 200}, "sarnet_vae_data": {"fashion": {"epochs": 20}}}))
+        {"model_bases": {"vae": {"epochs": 200}, "simple": {"epochs": 500}},
+         "models": {"sarnet": {"base": "simple"}, "sarnet_vae_L128": {"base": "vae"},
+                    "sarnet_vae_fashion_L128": {"base": "vae", "epochs": 20}}}))
     for folder in ("train", "timing/train"):
         (tmp_path / "metrics" / folder).mkdir(parents=True)
     (tmp_path / "metrics" / "fid_table.md").write_text(fid_table + "\n")

@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 
 from sarnet.cli import main
-from sarnet.model_files import save_model
-from sarnet.models import ConvVAE, SarNet, SarNetVAE
+from sarnet.core.model_files import save_model
+from sarnet.families.conv_vae import ConvVAE
+from sarnet.families.sarnet import SarNet
+from sarnet.families.sarnet_vae import SarNetVAE
 
 PARAMS = str(Path(__file__).resolve().parents[1] / "params.yaml")
 HIDDEN = [[2, 14, 2], [2, 28, 4]]
@@ -84,7 +86,7 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
     (["sample", "--model", "VAE", "--threshold", "nan"], "--threshold must be in [0, 1]"),
     (["sample", "--model", "VAE", "--params", "no/such/params.yaml"], "params file not found"),
     (["sample", "--model", "CLASSIFIER"], "needs a sarnet or sarnet_vae or conv_vae or beta_vae or gan_mlp or dcgan "
-                                          "or pixelcnn or vqvae or pixelrnn_row model, this is a classifier"),
+                                          "or pixelcnn or pixelrnn_row or vqvae model, this is a classifier"),
     (["sample", "--model", "PICKLE"], "not a sarnet model file"),
     (["inpaint", "--model", "VAE", "--keep-patches", "0"], "--keep-patches must be in 1..49"),
     (["sample", "--model", "VAE", "--out", "DIR"], "a directory; give a file name"),
@@ -96,7 +98,7 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
     (["inpaint", "--model", "VAE", "--params", "STRING_THRESHOLD"], "`sampling.inpaint.z_scale` must be a number, got 'wide'"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, vae_file, tmp_path, capsys):
-    from sarnet.classifier import MnistClassifier
+    from sarnet.instruments.classifier import MnistClassifier
 
     save_model(MnistClassifier([4, 8], 16, 0.1), tmp_path / "classifier.safetensors")
     torch.save({"weight": torch.zeros(3)}, tmp_path / "old.pt")

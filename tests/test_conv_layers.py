@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from sarnet.layers import PointMapConvTranspose2d, WholeMapConv2d
-from sarnet.models import ConvVAE, SarNetVAE
+from sarnet.families.base import PointMapConvTranspose2d, WholeMapConv2d
+from sarnet.families.conv_vae import ConvVAE
+from sarnet.families.sarnet_vae import SarNetVAE
 
 
 def _outputs_and_grads(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

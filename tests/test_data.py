@@ -1,4 +1,4 @@
-"""Tests for sarnet.data: IDX parsing, dataset preparation, error reporting, real data checks.
+"""Tests for sarnet.core.data: IDX parsing, dataset preparation, error reporting, real data checks.
 
 Synthetic IDX files are written here byte by byte (big-endian header), so nothing the code
 under test produces is used as its own reference.
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sarnet.data as data
-from sarnet.data import (
+import sarnet.core.data as data
+from sarnet.core.data import (
     DATASETS,
     SPLIT_FILES,
     DatasetSpec,
@@ -26,7 +26,7 @@ from sarnet.data import (
     prepare_dataset,
     read_idx_bytes,
 )
-from sarnet.errors import DataError
+from sarnet.core.errors import DataError
 
 
 # --------------------------------------------------------------------------- helpers

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from sarnet.device import DEVICE_ENV, default_device
-from sarnet.errors import ConfigError
+from sarnet.core.device import DEVICE_ENV, default_device
+from sarnet.core.errors import ConfigError
 
 
 def test_without_the_variable_cuda_when_present_else_cpu(monkeypatch):
@@ -44,13 +44,13 @@ def test_cublas_workspace_is_set_for_deterministic_gpu_runs_unless_the_user_chos
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     if given is not None:
         env["CUBLAS_WORKSPACE_CONFIG"] = given
-    code = "import os, sarnet.device; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    code = "import os, sarnet.core.device; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected
 
 
 def test_seed_everything_turns_off_cudnn_autotuning():
-    from sarnet.training import seed_everything
+    from sarnet.core.training import seed_everything
 
     torch.backends.cudnn.benchmark = True
     seed_everything(0)

@@ -17,9 +17,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from sarnet.explain import importance_figure, inpainting_rows, interpolation_row, pixel_patch_map
-from sarnet.figures import save_grid, save_rgb_grid
-from sarnet.models import ConvVAE, SarNet, SarNetVAE
-from sarnet.model_files import save_model
+from sarnet.core.files import save_grid, save_rgb_grid
+from sarnet.families.conv_vae import ConvVAE
+from sarnet.families.sarnet import SarNet
+from sarnet.families.sarnet_vae import SarNetVAE
+from sarnet.core.model_files import save_model
 
 HIDDEN = [[2, 14, 2], [2, 28, 4]]
 

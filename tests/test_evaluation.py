@@ -15,10 +15,10 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from sarnet.errors import ConfigError, DataError
-from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.generators import load_generator
-from sarnet.names import generator_name, model_path
+from sarnet.core.errors import ConfigError, DataError
+from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.families import load_generator
+from sarnet.core.model_files import check_model_name, model_path, variant_of
 from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
 from reference import SAMPLING
 
@@ -55,10 +55,10 @@ def textbook_fid(a: np.ndarray, b: np.ndarray) -> float:
 def test_each_set_matches_the_textbook_fid_of_its_own_draws(pool):
     protocol = FidProtocol(n_images=200, sets=3, seed=7)
     scorer = FidScorer(LinearFeatures())
-    result = fid_over_sets(noise_generator, scorer, pool, protocol)
-    assert len(result.fids) == 3
+    result = fid_over_sets(noise_generator, {"cnn": scorer}, pool, protocol)
+    assert len(result.fids["cnn"]) == 3
     model = LinearFeatures().double()
-    for index, fid in enumerate(result.fids):
+    for index, fid in enumerate(result.fids["cnn"]):
         rng, seed = protocol.set_seeds(index)
         real = pool[rng.integers(0, len(pool), 200)].double() * 2 - 1
         fake = noise_generator(200, seed).double() * 2 - 1
@@ -70,13 +70,13 @@ def test_each_set_matches_the_textbook_fid_of_its_own_draws(pool):
 def test_sets_differ_and_reruns_are_identical(pool):
     protocol = FidProtocol(n_images=100, sets=4, seed=2024)
     scorer = FidScorer(LinearFeatures())
-    first = fid_over_sets(noise_generator, scorer, pool, protocol)
-    again = fid_over_sets(noise_generator, scorer, pool, protocol)
-    assert first.fids == again.fids
-    assert len(set(first.fids)) == 4  # a fresh real draw and fresh generated images per set
-    other_seed = fid_over_sets(noise_generator, scorer, pool, FidProtocol(100, 4, 2025))
-    assert other_seed.fids != first.fids
-    assert first.mean == pytest.approx(np.mean(first.fids)) and first.std == pytest.approx(np.std(first.fids))
+    first = fid_over_sets(noise_generator, {"cnn": scorer}, pool, protocol)
+    again = fid_over_sets(noise_generator, {"cnn": scorer}, pool, protocol)
+    assert first.fids["cnn"] == again.fids["cnn"]
+    assert len(set(first.fids["cnn"])) == 4  # a fresh real draw and fresh generated images per set
+    other_seed = fid_over_sets(noise_generator, {"cnn": scorer}, pool, FidProtocol(100, 4, 2025))
+    assert other_seed.fids["cnn"] != first.fids["cnn"]
+    assert first.mean("cnn") == pytest.approx(np.mean(first.fids["cnn"])) and first.std("cnn") == pytest.approx(np.std(first.fids["cnn"]))
 
 
 def test_real_draws_are_with_replacement_and_shared_across_models():
@@ -94,17 +94,17 @@ def test_real_images_score_lower_than_noise(pool):
     def from_pool(n: int, seed: int) -> torch.Tensor:
         return pool[torch.randint(0, len(pool), (n,), generator=torch.Generator().manual_seed(seed))]
 
-    real = fid_over_sets(from_pool, scorer, pool, protocol)
-    noise = fid_over_sets(noise_generator, scorer, pool, protocol)
-    assert max(real.fids) < min(noise.fids)
+    real = fid_over_sets(from_pool, {"cnn": scorer}, pool, protocol)
+    noise = fid_over_sets(noise_generator, {"cnn": scorer}, pool, protocol)
+    assert max(real.fids["cnn"]) < min(noise.fids["cnn"])
 
 
 def test_on_set_sees_every_set_in_order_and_preview_is_set_zero(pool):
     seen = []
     protocol = FidProtocol(n_images=50, sets=3, seed=1)
-    result = fid_over_sets(noise_generator, FidScorer(LinearFeatures()), pool, protocol,
+    result = fid_over_sets(noise_generator, {"cnn": FidScorer(LinearFeatures())}, pool, protocol,
                            on_set=lambda i, fid: seen.append((i, fid)), preview=7)
-    assert [i for i, _ in seen] == [0, 1, 2] and [f for _, f in seen] == result.fids
+    assert [i for i, _ in seen] == [0, 1, 2] and [f for _, f in seen] == result.fids["cnn"]
     assert torch.equal(result.preview, noise_generator(50, protocol.set_seeds(0)[1])[:7])
 
 
@@ -112,27 +112,24 @@ def test_bad_protocol_and_bad_generator_are_clear_errors(pool):
     with pytest.raises(ConfigError, match="sets"):
         FidProtocol(n_images=100, sets=0)
     with pytest.raises(ConfigError, match="shape"):
-        fid_over_sets(lambda n, s: torch.zeros(n, 14, 14), FidScorer(LinearFeatures()), pool, FidProtocol(10, 1))
+        fid_over_sets(lambda n, s: torch.zeros(n, 14, 14), {"cnn": FidScorer(LinearFeatures())}, pool, FidProtocol(10, 1))
 
 
-def test_generator_names_and_paths():
-    assert generator_name("sarnet_vae", 128) == "sarnet_vae_L128"
-    assert str(model_path("conv_vae", 8)) == "models/conv_vae/conv_vae_L8.safetensors"
-    assert str(model_path("gen_xgboost")) == "models/gen_xgboost"  # the folder train_xgboost writes
-    for bad in (("vae", None), ("sarnet_vae", None), ("sarnet", 4)):
+def test_model_paths_follow_the_one_naming_rule():
+    assert str(model_path("conv_vae", "conv_vae_L8")) == "models/conv_vae/conv_vae_L8.safetensors"
+    assert str(model_path("sarnet_vae", "sarnet_vae_mnist_all_L128")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.safetensors"
+    assert str(model_path("gen_xgboost", "gen_xgboost")) == "models/gen_xgboost"  # the folder train_xgboost writes
+    for bad in ("../x", "a b", "fashion$(touch x)", "double__underscore", "", "_lead"):
         with pytest.raises(ConfigError):
-            generator_name(*bad)
+            check_model_name(bad)
 
 
-def test_variants_get_their_own_names():
-    assert generator_name("sarnet_vae", 128, "fashion") == "sarnet_vae_fashion_L128"
-    assert str(model_path("sarnet_vae", 128, data="mnist_all")) == "models/sarnet_vae/sarnet_vae_mnist_all_L128.safetensors"
-    assert generator_name("sarnet", None, "mse") == "sarnet_mse"  # §4.1's variants of the simple SarNET
-    assert str(model_path("sarnet", data="patch2")) == "models/sarnet/sarnet_patch2.safetensors"
-    assert str(model_path("gen_xgboost", data="notebook")) == "models/gen_xgboost_notebook"
-    for bad in (("sarnet", 4, "mse"), ("sarnet_vae", 128, "../x"), ("sarnet_vae", 128, "Fashion"), ("sarnet", None, "a b")):
-        with pytest.raises(ConfigError):
-            generator_name(*bad)
+def test_a_thesis_model_s_variant_is_what_its_name_adds_to_its_kind():
+    assert variant_of("sarnet_vae_L128", "sarnet_vae", 128) is None
+    assert variant_of("sarnet", "sarnet", None) is None
+    assert variant_of("sarnet_vae_fashion_L128", "sarnet_vae", 128) == "fashion"
+    assert variant_of("sarnet_mse_ssim", "sarnet", None) == "mse_ssim"
+    assert variant_of("my_vae", "conv_vae", 8) == "my_vae"  # a name that does not start with its kind: itself
 
 
 def test_missing_model_file_is_a_data_error(tmp_path):
@@ -141,8 +138,8 @@ def test_missing_model_file_is_a_data_error(tmp_path):
 
 
 def test_loaded_generator_reproduces_the_saved_model(tmp_path):
-    from sarnet.model_files import save_model
-    from sarnet.models import ConvVAE
+    from sarnet.core.model_files import save_model
+    from sarnet.families.conv_vae import ConvVAE
 
     torch.manual_seed(0)
     model = ConvVAE(4)
@@ -161,10 +158,10 @@ THESIS = {"sarnet_vae": {128: [1.535, 0.08], 8: [2.125, 0.089]}, "conv_vae": {12
 
 def rows() -> list[FidRow]:
     return [
-        FidRow("sarnet_vae_L128", "sarnet_vae", 128, [1.0, 1.2, 1.4], 1.2, 0.163299),
-        FidRow("conv_vae_L128", "conv_vae", 128, [2.0, 2.5], 2.25, 0.25),
-        FidRow("sarnet_vae_L8", "sarnet_vae", 8, [3.0], 3.0, 0.0),
-        FidRow("gen_xgboost", "gen_xgboost", None, [9.5, 10.5], 10.0, 0.5),
+        FidRow("sarnet_vae_L128", "sarnet_vae", 128, {"cnn": [1.0, 1.2, 1.4]}, 1.2, 0.163299),
+        FidRow("conv_vae_L128", "conv_vae", 128, {"cnn": [2.0, 2.5]}, 2.25, 0.25),
+        FidRow("sarnet_vae_L8", "sarnet_vae", 8, {"cnn": [3.0]}, 3.0, 0.0),
+        FidRow("gen_xgboost", "gen_xgboost", None, {"cnn": [9.5, 10.5]}, 10.0, 0.5),
     ]
 
 
@@ -188,8 +185,8 @@ def test_table_has_table_41_layout_with_thesis_beside_ours():
 
 
 def test_other_training_set_rows_stay_out_of_table_41():
-    fashion = FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, [6.0, 7.0], 6.5, 0.707107, "fashion", "fashion")
-    thesis = THESIS | {"sarnet_vae_data": {"fashion": [6.28, 0.135]}}
+    fashion = FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, {"cnn": [6.0, 7.0]}, 6.5, 0.707107, "fashion", "fashion")
+    thesis = THESIS | {"variants": {"sarnet_vae_fashion_L128": [6.28, 0.135]}}
     body = table_rows(fid_table_markdown([*rows(), fashion], [128, 8], thesis, (8.011, 2.218), 10_000))
     assert body[1][1] == "1.200 ± 0.163 (3)"  # the L = 128 cell is still the fives' model
     fashion_rows = [r for r in body if "training set `fashion`" in r[0]]

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from reference import SAMPLING, sarnet, unit_patches, vae
-from sarnet.errors import ConfigError
+from sarnet.core.errors import ConfigError
 from sarnet.explain import (importance_figure, importance_overlay, inpainting_rows, interpolate, interpolation_codes,
                             interpolation_row, patch_importance, pixel_patch_map, top_patches)
-from sarnet.models import ConvVAE, SarNetVAE
+from sarnet.families.conv_vae import ConvVAE
+from sarnet.families.sarnet_vae import SarNetVAE
 
 N_PATCHES = 49  # 28² image in 4² patches: a 7×7 grid
 THRESHOLD = SAMPLING["sarnet_vae"]["threshold"]

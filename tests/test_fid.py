@@ -1,4 +1,4 @@
-"""Tests for sarnet.fid: the Fréchet distance, feature statistics and the FidScorer.
+"""Tests for sarnet.instruments.fid: the Fréchet distance, feature statistics and the FidScorer.
 
 Every expected value comes from an independent route: scipy's general matrix square root,
 closed forms for special cases, or statistics written out by hand here.
@@ -14,8 +14,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from sarnet.errors import ConfigError
-from sarnet.fid import FidScorer, feature_statistics, frechet_distance, to_signed_unit
+from sarnet.core.errors import ConfigError
+from sarnet.instruments.fid import FidScorer, feature_statistics, frechet_distance, to_signed_unit
 
 
 # --------------------------------------------------------------------------- helpers

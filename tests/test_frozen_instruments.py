@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from sarnet.calibration import CALIBRATION_ROWS
-from sarnet.classifier import INSTRUMENTS, accuracy, instrument_path
-from sarnet.data import load_prepared, prepare_dataset, to_unit_tensor
-from sarnet.fid import FidScorer
-from sarnet.loader import load_model
+from sarnet.instruments.calibration import CALIBRATION_ROWS
+from sarnet.instruments.classifier import INSTRUMENTS, accuracy, instrument_path
+from sarnet.core.data import load_prepared, prepare_dataset, to_unit_tensor
+from sarnet.instruments.fid import FidScorer
+from sarnet.instruments.loader import load_instrument
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SARNET_DATA_DIR") or ROOT.parent / "shared" / "data")
@@ -54,7 +54,7 @@ def test_the_four_instruments_are_committed_and_their_stages_frozen():
 @needs_data
 @pytest.mark.parametrize("dataset,instrument", INSTRUMENT_FILES)
 def test_each_committed_instrument_reproduces_its_committed_test_accuracy(prepared, dataset, instrument):
-    model = load_model(ROOT / instrument_path(dataset, instrument), torch.device("cpu"))
+    model = load_instrument(ROOT / instrument_path(dataset, instrument), torch.device("cpu"))
     data = load_prepared(prepared[dataset])
     name = dataset if instrument == "cnn" else f"{dataset}_{instrument}"
     committed = json.loads((ROOT / "metrics" / "classifier" / f"{name}.json").read_text())["test_accuracy"]
@@ -77,5 +77,5 @@ def test_the_committed_instruments_reproduce_the_calibration_s_blur_row(prepared
                                                       to_unit_tensor(data.train.images), p["n_images"])
     cpu = torch.device("cpu")
     for instrument, key in (("cnn", "fid"), ("mlp", "fid_mlp")):
-        scorer = FidScorer(load_model(ROOT / instrument_path(p["dataset"], instrument), cpu), device=cpu)
+        scorer = FidScorer(load_instrument(ROOT / instrument_path(p["dataset"], instrument), cpu), device=cpu)
         assert scorer.fid(real, blurred) == pytest.approx(committed[key], rel=1e-6), instrument

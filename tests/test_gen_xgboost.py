@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sarnet.errors import ConfigError
-from sarnet.gen_xgboost import (GenerativeXGBoost, GenXGBConfig, feature_table, from_patches, patch_permutation,
+from sarnet.core.errors import ConfigError
+from sarnet.families.xgboost import (GenerativeXGBoost, GenXGBConfig, feature_table, from_patches, patch_permutation,
                                 predictor_width, to_patches)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -128,7 +128,7 @@ def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp
 @pytest.mark.parametrize("damage", ["truncated_booster", "garbage_booster", "undecodable_error", "config_not_json",
                                     "config_unknown_field"])
 def test_damaged_model_folder_gives_one_line(damage, small_model, tmp_path):
-    from sarnet.errors import DataError
+    from sarnet.core.errors import DataError
 
     small_model.save(tmp_path)
     booster, config_file = tmp_path / "predictor_007.ubj", tmp_path / "config.json"
@@ -292,9 +292,10 @@ def test_a_variant_that_is_not_a_generation_switch_is_one_line(switches, message
 
 
 def test_the_variants_table_spells_each_variant_and_its_scores():
-    from sarnet.fid import FidProtocol
+    from sarnet.instruments.fid import FidProtocol
 
-    record = {"mean": 80.314, "std": 1.551, "mlp_mean": 106.82, "mlp_std": 2.0, "five_rate": 0.9604, "sharpness": 0.8941}
+    record = {"cnn": {"mean": 80.314, "std": 1.551}, "mlp": {"mean": 106.82, "std": 2.0}, "class_rate": 0.9604,
+              "sharpness": 0.8941}
     table = _variants_stage().variants_markdown({"bernoulli": {"randomisation": "bernoulli"}}, {"bernoulli": record},
                                                 FidProtocol(10_000, 3, 2024))
     assert "over 3 sets of 10,000" in table

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from sarnet.calibration import calibrate, calibration_markdown
-from sarnet.classifier import INSTRUMENTS, MlpClassifier, build_classifier, instrument_path
-from sarnet.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.loader import load_model
-from sarnet.model_files import save_model
+from sarnet.instruments.calibration import calibrate, calibration_markdown
+from sarnet.instruments.classifier import INSTRUMENTS, MlpClassifier, build_classifier, instrument_path
+from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.instruments.loader import load_instrument
+from sarnet.core.model_files import save_model
 from sarnet.report import FidRow, agreement, agreement_markdown, fid_table_markdown, separation, spearman
 
 
@@ -22,7 +22,7 @@ def test_the_mlp_instrument_is_an_mlp_on_raw_pixels_and_loads_from_its_file(tmp_
     assert not any(isinstance(m, (nn.Conv2d, nn.MaxPool2d)) for m in model.modules())
     assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [32, 16, 10]
     save_model(model, tmp_path / "m.safetensors")
-    loaded = load_model(tmp_path / "m.safetensors", kind="mlp_classifier")
+    loaded = load_instrument(tmp_path / "m.safetensors", instrument="mlp")
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     assert torch.equal(loaded(x), model.eval()(x))
     assert str(instrument_path("fashion", "mlp")) == "models/classifier/fashion_mlp.safetensors"
@@ -59,11 +59,12 @@ def test_both_instruments_see_identical_images_and_generation_runs_once_per_set(
         return torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(seed))
 
     protocol = FidProtocol(n_images=50, sets=3, seed=0)
-    result = fid_over_sets(generate, FidScorer(cnn, batch_size=1000), torch.rand(40, 28, 28), protocol,
-                           second=FidScorer(mlp, batch_size=1000), probe=20)
+    result = fid_over_sets(generate, {"cnn": FidScorer(cnn, batch_size=1000), "mlp": FidScorer(mlp, batch_size=1000)},
+                           torch.rand(40, 28, 28), protocol, probe=20)
     assert len(calls) == 3  # no second generation
     assert cnn.seen == mlp.seen and len(cnn.seen) == 1 + 3  # the real pool, then each set, identical bytes
-    assert len(result.second_fids) == len(result.fids) == 3 and result.second_fids != result.fids
+    assert list(result.fids) == ["cnn", "mlp"] and len(result.fids["mlp"]) == len(result.fids["cnn"]) == 3
+    assert result.fids["mlp"] != result.fids["cnn"]
 
 
 ROWS = {  # hand-made: (CNN mean, std), (MLP per-set FIDs)
@@ -77,7 +78,7 @@ ROWS = {  # hand-made: (CNN mean, std), (MLP per-set FIDs)
 def row(name: str) -> FidRow:
     kind, latent = name.rsplit("_L", 1)
     mean, std, second = ROWS[name]
-    return FidRow(name, kind, int(latent), [mean - std, mean + std], mean, std, second=second)
+    return FidRow(name, kind, int(latent), {"cnn": [mean - std, mean + std], "mlp": second}, mean, std)
 
 
 def test_separation_needs_a_gap_beyond_both_stds():
@@ -90,13 +91,13 @@ def test_separation_needs_a_gap_beyond_both_stds():
 def test_agreement_verdicts_on_hand_made_rows():
     assert agreement(row("sarnet_vae_L128"), row("conv_vae_L128")) == ("a", "a", "holds on both")
     assert agreement(row("sarnet_vae_L8"), row("conv_vae_L8")) == ("tie", "a", "only the MLP separates them")
-    flipped = FidRow("x_L8", "conv_vae", 8, [1.0], 4.0, 0.1, second=[9.0, 9.1])  # better by the CNN, worse by the MLP
+    flipped = FidRow("x_L8", "conv_vae", 8, {"cnn": [1.0], "mlp": [9.0, 9.1]}, 4.0, 0.1)  # better by the CNN, worse by the MLP
     assert agreement(row("sarnet_vae_L8"), flipped)[2] == "the instruments disagree"
 
 
 def test_the_what_holds_section_covers_every_comparison_and_the_rank_correlation():
-    rows = [row(name) for name in ROWS] + [FidRow("gan_mlp", "gan_mlp", None, [40.0, 42.0], 41.0, 1.0,
-                                                  baseline=True, second=[30.0, 31.0])]
+    rows = [row(name) for name in ROWS] + [FidRow("gan_mlp", "gan_mlp", None, {"cnn": [40.0, 42.0], "mlp": [30.0, 31.0]},
+                                                  41.0, 1.0, baseline=True)]
     text = agreement_markdown(rows, [128, 8])
     assert "- SarNET VAE vs conv VAE, L = 128: CNN 5.29 vs 6.97 (SarNET VAE better), MLP 2.65 vs 5.30 " \
            "(SarNET VAE better): **holds on both**." in text

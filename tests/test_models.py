@@ -10,13 +10,17 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from sarnet.classifier import MnistClassifier
-from sarnet.errors import ConfigError
-from sarnet.loader import load_model
-from sarnet.model_files import SUFFIX, save_model
-from sarnet.models import ConvVAE, SarNet, SarNetVAE, vae_loss
-from sarnet.registry import build_model
-from sarnet.semidense import SemiDense
+from sarnet.instruments.classifier import MnistClassifier
+from sarnet.core.errors import ConfigError
+from sarnet.families import load_model
+from sarnet.instruments.loader import load_instrument
+from sarnet.core.model_files import SUFFIX, save_model
+from sarnet.families.base import vae_loss
+from sarnet.families.conv_vae import ConvVAE
+from sarnet.families.sarnet import SarNet
+from sarnet.families.sarnet_vae import SarNetVAE
+from sarnet.families import build_model
+from sarnet.masked.semidense import SemiDense
 from reference import HIDDEN, PATCH, SAMPLING, reference_sample, sarnet, spread_vae, unit_patches, vae
 
 N_PATCHES = 49  # 28×28 images in 4×4 patches
@@ -368,7 +372,7 @@ def test_every_model_kind_round_trips_through_its_file(name, tmp_path):
     model = _move_off_init(ROUND_TRIP[name]()).eval()
     path = tmp_path / f"{name}{SUFFIX}"
     save_model(model, path)
-    loaded = load_model(path)  # the class, its arguments and its weights from the file alone
+    loaded = (load_instrument if name == "classifier" else load_model)(path)  # class, arguments, weights from the file alone
     assert type(loaded) is type(model)
     assert loaded.model_args == model.model_args and not loaded.training
     assert list(loaded.state_dict()) == list(model.state_dict())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sarnet.errors import ConfigError, SarnetError
+from sarnet.core.errors import ConfigError, SarnetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +37,32 @@ def test_missing_data_folder_names_it_and_writes_nothing(tmp_path):
     assert not (tmp_path / "metrics").exists()
 
 
-def test_ci_profile_overrides_only_its_keys(tmp_path):
+def _apply_ci_profile(tmp_path) -> str:
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), str(ROOT / "params-ci.yaml")],
                    cwd=tmp_path, check=True, capture_output=True)
-    merged = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    return (tmp_path / "params.yaml").read_text()
+
+
+def test_ci_profile_overrides_only_its_keys(tmp_path):
+    merged = yaml.safe_load(_apply_ci_profile(tmp_path))
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     profile = yaml.safe_load((ROOT / "params-ci.yaml").read_text())
     assert merged["train_classifier"]["epochs"] == profile["train_classifier"]["epochs"]
     assert merged["train_classifier"]["lr"] == full["train_classifier"]["lr"]
-    assert merged["sarnet_vae"]["hidden"] == full["sarnet_vae"]["hidden"]
+    assert merged["model_bases"]["sarnet_vae"]["hidden"] == full["model_bases"]["sarnet_vae"]["hidden"]
     assert set(merged) == set(full)
+    # a base's override reaches the entries that take it, unless an entry sets the key itself
+    from sarnet.core.params import resolve_models
+
+    models = resolve_models(merged)
+    assert models["sarnet_vae_L128"]["epochs"] == 2 and models["sarnet"]["epochs"] == 2
+    assert models["sarnet_vae_fashion_L128"]["epochs"] == 1
+    assert models["sarnet_vae_fashion_L128"]["train_limit"] == 512  # from the overridden base
+    assert models["beta_vae_b2_l8"]["epochs"] == 1 and "epochs" not in full["models"]["beta_vae_b2_l8"]  # gains a base's key
+    # `remove` drops whole entries, and only those
+    removed = {key.split(".", 1)[1] for key in profile["remove"]}
+    assert set(merged["models"]) == set(full["models"]) - removed and "sarnet_vae_L64" in removed
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -58,22 +73,23 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 def test_ci_profile_keeps_comments_and_touches_only_overridden_lines(tmp_path):
-    """`make ci-profile` must not rewrite params.yaml: every comment stays, and exactly one line
-    changes per overridden value (flow-style entries such as `sarnet_vae_data.fashion` hold several)."""
+    """`make ci-profile` must not rewrite params.yaml: every comment stays, one line changes per overridden
+    value at most (flow-style entries hold several), a removed entry takes its lines with it, and every
+    value is the profile's where it sets one and the full file's elsewhere."""
     original = (ROOT / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(original)
-    subprocess.run([sys.executable, str(ROOT / "pipeline" / "apply_profile.py"), str(ROOT / "params-ci.yaml")],
-                   cwd=tmp_path, check=True, capture_output=True)
-    after = (tmp_path / "params.yaml").read_text()
-    before_lines, after_lines = original.splitlines(), after.splitlines()
-    assert len(before_lines) == len(after_lines)
+    after = _apply_ci_profile(tmp_path)
+    profile = yaml.safe_load((ROOT / "params-ci.yaml").read_text())
+    removed = {key.split(".", 1)[1] for key in profile.pop("remove")}
+    before_lines = [line for line in original.splitlines() if not any(line.startswith(f"  {m}: ") for m in removed)]
+    after_lines = after.splitlines()
+    assert len(before_lines) == len(original.splitlines()) - len(removed) == len(after_lines)
     changed = [(a, b) for a, b in zip(before_lines, after_lines) if a != b]
     comments = lambda lines: [line.split("#", 1)[1] for line in lines if "#" in line]  # noqa: E731
     assert comments(before_lines) == comments(after_lines)
-    full, profile = yaml.safe_load(original), yaml.safe_load((ROOT / "params-ci.yaml").read_text())
-    differing = {k for k, v in _leaves(profile).items() if _leaves(full)[k] != v}
-    assert 0 < len(changed) <= len(differing)
-    assert _leaves(yaml.safe_load(after)) == _leaves(full) | _leaves(profile)
+    full, overrides = yaml.safe_load(original), _leaves(profile)
+    assert 0 < len(changed) <= sum(_leaves(full).get(k) != v for k, v in overrides.items())
+    kept = {k: v for k, v in _leaves(full).items() if not (k.startswith("models.") and k.split(".")[1] in removed)}
+    assert _leaves(yaml.safe_load(after)) == kept | overrides
 
 
 def test_a_missing_profile_or_params_file_is_one_line(tmp_path):
@@ -111,30 +127,76 @@ def _load_stage_helpers(tmp_path, all_params):
     return module
 
 
-def test_training_set_entry_overrides_only_its_keys(tmp_path, monkeypatch):
+ID = "kind: sarnet_vae, family: sarnet_vae, uses: masked/semidense.py"
+TABLE = f"""
+model_bases:
+  vae: {{digit: 5, train_limit: null, epochs: 200, lr: 0.001}}
+models:
+  sarnet_vae_L8: {{{ID}, dataset: mnist, latent_dim: 8, base: vae}}
+  sarnet_vae_fashion_L128: {{{ID}, dataset: fashion, latent_dim: 128, base: vae, digit: null, epochs: 20}}
+  sarnet_vae_cifar_L8: {{{ID}, dataset: cifar, latent_dim: 8, base: vae}}
+"""
+
+
+def _model_spec_module(tmp_path, text: str):
+    import importlib
+
+    (tmp_path / "params.yaml").write_text(text)
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        importlib.import_module("_stage")
+        return importlib.import_module("_model_spec")
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+
+
+def test_an_entry_takes_its_base_and_overrides_only_its_own_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = {"dataset": "mnist", "digit": 5, "train_limit": None, "epochs": 200, "lr": 0.001}
-    helpers = _load_stage_helpers(tmp_path, {"sarnet_vae": base, "sarnet_vae_data": {
-        "fashion": {"dataset": "fashion", "digit": None, "latent_dim": 128, "epochs": 20},
-        "cifar": {"dataset": "cifar", "latent_dim": 128},
-        "typo": {"epoch": 3, "latent_dim": 128}}})
-    assert helpers.model_params("sarnet_vae") == base
-    merged = helpers.model_params("sarnet_vae", "fashion")
-    assert (merged["dataset"], merged["digit"], merged["epochs"], merged["lr"]) == ("fashion", None, 20, 0.001)
-    assert "latent_dim" not in merged  # the entry's latent dimension is the stage's argument, not a model param
-    with pytest.raises(SarnetError, match=r"no variant 'boots' under `sarnet_vae_data` \(have: cifar, fashion, typo\)"):
-        helpers.model_params("sarnet_vae", "boots")
+    module = _model_spec_module(tmp_path, TABLE)
+    plain, fashion = module.model_spec("sarnet_vae_L8"), module.model_spec("sarnet_vae_fashion_L128")
+    assert plain.params == {"dataset": "mnist", "digit": 5, "train_limit": None, "epochs": 200, "lr": 0.001}
+    assert (fashion.kind, fashion.latent, fashion.name) == ("sarnet_vae", 128, "sarnet_vae_fashion_L128")
+    assert (fashion.params["dataset"], fashion.params["digit"], fashion.params["epochs"], fashion.params["lr"]) == (
+        "fashion", None, 20, 0.001)
+    assert str(fashion.model_path) == "models/sarnet_vae/sarnet_vae_fashion_L128.safetensors"
+    assert (fashion.stage("train"), fashion.stage("evaluate")) == ("train@sarnet_vae_fashion_L128",
+                                                                   "evaluate@sarnet_vae_fashion_L128")
     with pytest.raises(SarnetError, match="unknown dataset 'cifar'"):
-        helpers.model_params("sarnet_vae", "cifar")
-    with pytest.raises(SarnetError, match=r"\['epoch'\]"):
-        helpers.model_params("sarnet_vae", "typo")
+        module.model_spec("sarnet_vae_cifar_L8")
 
 
-def test_a_section_without_its_data_keys_is_refused(tmp_path, monkeypatch):
+ENTRY = {"kind": "beta_vae", "family": "conv_vae", "uses": "families/base.py", "latent_dim": 8, "kl_weight": 2.0,
+         "dataset": "mnist", "base": "b", "train_limit": None, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.001}
+BASES = {"b": {"digit": 5}, "empty": {}}
+
+
+@pytest.mark.parametrize("args, entries, message", [
+    (("gan",), {"dcgan": ENTRY}, "no model 'gan' under `models` (have: dcgan)"),
+    ((), {"dcgan": ENTRY}, "usage: <name>, a key of params.yaml's `models`"),
+    (("x",), {"x": {**ENTRY, "kind": "vae"}}, "`models.x.kind`: unknown kind 'vae'"),
+    (("x",), {"x": {**ENTRY, "family": "gans"}}, "`models.x.family` must be 'conv_vae' for a beta_vae, got 'gans'"),
+    (("x",), {"x": {**ENTRY, "latent_dim": 0}}, "`models.x.latent_dim` must be a positive integer, got 0"),
+    (("X y",), {"X y": ENTRY}, "use letters, digits and single underscores"),
+    (("x",), {"x": {**ENTRY, "base": "empty"}}, "`models.x` has no 'digit' (nor has its base)"),
+    (("x",), {"x": {**ENTRY, "base": "c"}}, "`models.x.base` must name an entry of `model_bases` (b, empty), got 'c'"),
+    (("x",), {"x": [1, 2]}, "`models.x` must be a mapping with a `kind`"),
+])
+def test_a_bad_model_entry_is_one_line_before_any_work(tmp_path, monkeypatch, args, entries, message):
     monkeypatch.chdir(tmp_path)
-    helpers = _load_stage_helpers(tmp_path, {"sarnet_vae": {"dataset": "mnist", "digit": 5, "epochs": 2}})
-    with pytest.raises(SarnetError, match="`sarnet_vae` has no 'train_limit'"):
-        helpers.model_params("sarnet_vae")
+    module = _model_spec_module(tmp_path, yaml.safe_dump({"model_bases": BASES, "models": entries}))
+    with pytest.raises(SarnetError, match=re.escape(message)) as info:
+        module.model_spec(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_entry_keeps_only_its_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = yaml.safe_dump({"model_bases": BASES, "models": {"beta_vae_b2_l8": ENTRY}})
+    spec = _model_spec_module(tmp_path, text).model_spec("beta_vae_b2_l8")
+    assert (spec.kind, spec.latent, spec.name) == ("beta_vae", 8, "beta_vae_b2_l8")
+    assert not {"kind", "family", "uses", "latent_dim", "base"} & set(spec.params)
+    assert spec.params["kl_weight"] == 2.0 and spec.params["digit"] == 5 and spec.params["dataset"] == "mnist"
+    assert str(spec.model_path) == "models/beta_vae/beta_vae_b2_l8.safetensors"
 
 
 def test_missing_or_invalid_params_file_is_a_one_line_error(tmp_path, monkeypatch):
@@ -150,12 +212,11 @@ def test_missing_or_invalid_params_file_is_a_one_line_error(tmp_path, monkeypatc
     assert "\n" not in str(info.value)
 
 
-def test_unknown_training_set_is_a_one_line_error_before_training(tmp_path):
-    result = run_stage(tmp_path, "train_model.py", "sarnet_vae", "128", "boots",
-                       params={"sarnet_vae": {"dataset": "mnist", "digit": 5, "train_limit": None},
-                               "sarnet_vae_data": {"fashion": {"dataset": "fashion"}}})
+def test_an_unknown_model_is_a_one_line_error_before_training(tmp_path):
+    result = run_stage(tmp_path, "train_model.py", "boots", params=yaml.safe_load(TABLE))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no variant 'boots' under `sarnet_vae_data` (have: fashion)"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: no model 'boots' under `models` (have: sarnet_vae_L8, sarnet_vae_cifar_L8, sarnet_vae_fashion_L128)")
     assert not (tmp_path / "models").exists()
 
 
@@ -198,7 +259,8 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     full = yaml.safe_load((ROOT / "params.yaml").read_text())
     result = run_stage(tmp_path, "fid_table.py", params=full)
     assert result.returncode == 0, result.stderr
-    assert "not evaluated: sarnet_vae_L64" in result.stderr
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning: not evaluated: "))
+    assert "sarnet_vae_L64" in warning.split(": ", 2)[2].split(", ") and "sarnet_vae_L128" not in warning
     table = (tmp_path / "metrics" / "fid_table.md").read_text()
     assert "| 128 | 5.000 ± 1.000 (3) | — | 1.535 ± 0.080 | not run | — | 2.018 ± 0.122 |" in table  # — : no MLP FID
     assert "No comparison has been scored by both instruments yet." in table
@@ -250,10 +312,10 @@ def test_results_are_numbers_only_and_timings_go_to_their_own_file(tmp_path, mon
 
 def test_run_name_is_the_dvc_stage(monkeypatch):
     _stage = _stage_module()
-    monkeypatch.setenv("DVC_STAGE", "evaluate_vae@sarnet_vae-128")
-    assert _stage.run_name("whatever") == "evaluate_vae@sarnet_vae-128"
+    monkeypatch.setenv("DVC_STAGE", "evaluate@sarnet_vae_L128")
+    assert _stage.run_name("whatever") == "evaluate@sarnet_vae_L128"
     monkeypatch.delenv("DVC_STAGE")
-    assert _stage.run_name("evaluate_vae@sarnet_vae-128") == "evaluate_vae@sarnet_vae-128"
+    assert _stage.run_name("evaluate@sarnet_vae_L128") == "evaluate@sarnet_vae_L128"
 
 
 def test_scripts_spell_their_dvc_stage_names_like_dvc():
@@ -266,58 +328,10 @@ def test_scripts_spell_their_dvc_stage_names_like_dvc():
     finally:
         sys.path.remove(str(ROOT / "pipeline"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    specs = [ModelSpec("sarnet", None, None, "sarnet", {}, "sarnet"), ModelSpec("gen_xgboost", None, None, "gen_xgboost", {}, "")]
-    specs += [ModelSpec(k, L, None, f"{k}_L{L}", {}, k) for k in ("sarnet_vae", "conv_vae") for L in params["latent_dims"]]
-    specs += [ModelSpec("sarnet_vae", v["latent_dim"], key, "", {}, "") for key, v in params["sarnet_vae_data"].items()]
-    specs += [ModelSpec("sarnet", None, key, "", {}, "") for key in params["sarnet_data"]]
-    specs += [ModelSpec(v["kind"], v.get("latent_dim"), None, key, {}, "", baseline=True) for key, v in params["baselines"].items()]
-    spelled = {spec.dvc_stage(action) for spec in specs for action in ("train", "evaluate")}
-    spelled.discard("train_gen_xgboost")  # its training is train_xgboost, a script of its own
-    assert len(spelled) == 2 * len(specs) - 1
+    specs = [ModelSpec(name, entry["kind"], entry.get("latent_dim"), {}) for name, entry in params["models"].items()]
+    spelled = {spec.stage(action) for spec in specs for action in ("train", "evaluate")}
+    spelled.add(ModelSpec("gen_xgboost", "gen_xgboost", None, {}).stage("evaluate"))
+    assert len(spelled) == 2 * len(specs) + 1 and "evaluate_xgboost" in spelled
     with Repo(str(ROOT)) as repo:
         names = {stage.name for stage in repo.index.stages}
     assert spelled <= names, spelled - names
-
-
-# -- baselines: an entry of params.yaml's `baselines` is a whole model section -----------------------
-
-BASELINE = {"kind": "beta_vae", "latent_dim": 8, "kl_weight": 2.0, "budget_minutes": 6, "dataset": "mnist",
-            "digit": 5, "train_limit": None, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.001}
-
-
-def _model_spec_module(tmp_path, all_params):
-    import importlib
-
-    _load_stage_helpers(tmp_path, all_params)
-    sys.path.insert(0, str(ROOT / "pipeline"))
-    try:
-        return importlib.import_module("_model_spec")
-    finally:
-        sys.path.remove(str(ROOT / "pipeline"))
-
-
-def test_a_baseline_entry_is_its_own_model_section_and_names_its_files(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    module = _model_spec_module(tmp_path, {"baselines": {"beta_vae_b2_l8": BASELINE}})
-    spec = module.model_spec("baseline", "beta_vae_b2_l8")
-    assert (spec.kind, spec.latent, spec.name, spec.baseline) == ("beta_vae", 8, "beta_vae_b2_l8", True)
-    assert "kind" not in spec.params and "budget_minutes" not in spec.params and spec.params["kl_weight"] == 2.0
-    assert str(spec.model_path) == "models/beta_vae/beta_vae_b2_l8.safetensors"
-    assert (spec.dvc_stage("train"), spec.dvc_stage("evaluate")) == ("train_baseline@beta_vae_b2_l8",
-                                                                     "evaluate_baseline@beta_vae_b2_l8")
-
-
-@pytest.mark.parametrize("args, entries, message", [
-    (("baseline", "gan"), {"dcgan": BASELINE}, "no baseline 'gan' under `baselines` (have: dcgan)"),
-    (("baseline",), {"dcgan": BASELINE}, "usage: baseline <name>"),
-    (("baseline", "x"), {"x": {**BASELINE, "kind": "vae"}}, "unknown generator 'vae'"),
-    (("baseline", "x"), {"x": {k: v for k, v in BASELINE.items() if k != "latent_dim"}}, "needs a latent dimension"),
-    (("baseline", "X y"), {"X y": BASELINE}, "use lower-case letters"),
-    (("baseline", "x"), {"x": {k: v for k, v in BASELINE.items() if k != "digit"}}, "`baselines.x` has no 'digit'"),
-])
-def test_a_bad_baseline_is_one_line_before_any_work(tmp_path, monkeypatch, args, entries, message):
-    monkeypatch.chdir(tmp_path)
-    module = _model_spec_module(tmp_path, {"baselines": entries})
-    with pytest.raises(SarnetError, match=re.escape(message)) as info:
-        module.model_spec(*args)
-    assert "\n" not in str(info.value)

@@ -135,8 +135,8 @@ def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
     import gzip
     import tracemalloc
 
-    from sarnet.data import read_idx_bytes
-    from sarnet.errors import DataError
+    from sarnet.core.data import read_idx_bytes
+    from sarnet.core.errors import DataError
 
     # the header promises 60000×28×28 images (47 MB); the stream goes on for 1 GB of zeros
     header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60000, 28, 28))
@@ -154,7 +154,7 @@ def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
     tracemalloc.stop()
     assert len(content) == len(header) + 60000 * 28 * 28 + 1  # one byte beyond what the header allows, no more
     assert peak < 200_000_000 and time.monotonic() - started < 20
-    from sarnet.data import parse_idx
+    from sarnet.core.data import parse_idx
 
     with pytest.raises(DataError, match="expected 47040016"):
         parse_idx(content, bomb)
@@ -166,8 +166,8 @@ def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
 
 
 def test_a_data_folder_that_is_a_file_says_so(tmp_path, monkeypatch):
-    from sarnet.data import DATA_DIR_ENV, DATASETS, find_raw_dir
-    from sarnet.errors import DataError
+    from sarnet.core.data import DATA_DIR_ENV, DATASETS, find_raw_dir
+    from sarnet.core.errors import DataError
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # CI sets it, and it wins over the argument
     (tmp_path / "data").write_text("")
@@ -176,7 +176,7 @@ def test_a_data_folder_that_is_a_file_says_so(tmp_path, monkeypatch):
 
 
 def test_temp_files_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
-    from sarnet.files import STALE_TEMP_SECONDS, write_text
+    from sarnet.core.files import STALE_TEMP_SECONDS, write_text
 
     stale, live = tmp_path / ".mnist.npz.abc123.tmp", tmp_path / ".mnist.npz.def456.tmp"
     other = tmp_path / ".fashion.npz.abc123.tmp"

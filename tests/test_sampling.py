@@ -8,8 +8,8 @@ is the independent reference.
 import pytest
 import torch
 
-from sarnet.errors import ConfigError
-from sarnet.layers import generate_autoregressive
+from sarnet.core.errors import ConfigError
+from sarnet.masked.semidense import generate_autoregressive
 from reference import SAMPLING, reference_sample, sarnet, spread_vae, unit_patches
 
 THRESHOLD = SAMPLING["sarnet_vae"]["threshold"]  # 0.105

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 
 from reference import SAMPLING, sarnet, unit_patches
-from sarnet.errors import ConfigError
-from sarnet.loader import load_model
-from sarnet.model_files import save_model
-from sarnet.models import SarNet
+from sarnet.core.errors import ConfigError
+from sarnet.families import load_model
+from sarnet.core.model_files import save_model
+from sarnet.families.sarnet import SarNet
 from sarnet.report import FidRow, ablation_markdown, describe_variant, fid_table_markdown
 
 TEMPERATURE = SAMPLING["sarnet"]["temperature"]
@@ -189,7 +189,7 @@ def test_variants_are_described_in_words():
 
 
 def _row(key: str, mean: float) -> FidRow:
-    return FidRow(f"sarnet_{key}", "sarnet", None, [mean - 1, mean + 1], mean, 1.0, key)
+    return FidRow(f"sarnet_{key}", "sarnet", None, {"cnn": [mean - 1, mean + 1]}, mean, 1.0, key)
 
 
 ABLATION = {"mse": SETTINGS | {"loss_power": 2, "ssim": False}, "mse_ssim": SETTINGS | {"loss_power": 2},

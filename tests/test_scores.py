@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sarnet.fid import (FidProtocol, FidScorer, class_rate, fid_over_sets, inception_score, mean_nearest_distance,
+from sarnet.instruments.fid import (FidProtocol, FidScorer, class_rate, fid_over_sets, inception_score, mean_nearest_distance,
                         mean_pairwise_distance, sharpness)
 from sarnet.report import FidRow, budget_markdown, scores_markdown
 
@@ -88,9 +88,9 @@ def test_every_score_comes_from_one_classifier_pass_per_set():
     real = torch.rand(40, 28, 28)
     protocol = FidProtocol(n_images=30, sets=3, seed=0)
     result = fid_over_sets(lambda n, seed: torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(seed)),
-                           FidScorer(classifier, batch_size=1000), real, protocol, label=5, train_pool=real, probe=20)
+                           {"cnn": FidScorer(classifier, batch_size=1000)}, real, protocol, label=5, train_pool=real, probe=20)
     assert classifier.images == len(real) + protocol.sets * protocol.n_images  # the pool once, each set once
-    assert len(result.fids) == len(result.inception) == len(result.sharpness) == len(result.class_rate) == 3
+    assert len(result.fids["cnn"]) == len(result.inception) == len(result.sharpness) == len(result.class_rate) == 3
     assert result.class_rate == [1.0, 1.0, 1.0]  # a mock that always says 5: five-rate 1
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in result.inception)
     assert math.isfinite(result.spread_ratio) and result.nearest_train > 0
@@ -105,8 +105,8 @@ def test_budgets_are_flagged_over_one_and_a_half_times():
 
 
 def test_the_scores_table_shows_the_references_then_every_scored_model():
-    rows = [FidRow("sarnet_vae_L128", "sarnet_vae", 128, [5.0], 5.0, 0.0),
-            FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, [28.0], 28.0, 0.0, "fashion", "fashion")]
+    rows = [FidRow("sarnet_vae_L128", "sarnet_vae", 128, {"cnn": [5.0]}, 5.0, 0.0),
+            FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, {"cnn": [28.0]}, 28.0, 0.0, "fashion", "fashion")]
     records = {"sarnet_vae_L128": {"is_mean": 1.05, "is_std": 0.01, "five_rate": 0.97, "sharpness": 0.95,
                                    "logit_spread_ratio": 0.9, "nearest_train_distance": 5.1},
                "sarnet_vae_fashion_L128": {"is_mean": 6.2, "is_std": 0.1, "sharpness": 0.8, "logit_spread_ratio": 1.1,

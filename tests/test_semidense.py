@@ -1,7 +1,7 @@
 """SemiDense layer: the autoregressive mask checked through autograd, geometry, buffers, init, errors.
 
 The expected connectivity is rebuilt here from docs/protocol.md "Models" with plain Python loops
-(never with sarnet.semidense's own helpers).
+(never with sarnet.masked.semidense's own helpers).
 """
 
 import math
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from sarnet.errors import ConfigError
-from sarnet.semidense import SemiDense
+from sarnet.core.errors import ConfigError
+from sarnet.masked.semidense import SemiDense
 from reference import unit_patches
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from sarnet.errors import ConfigError, TrainingDiverged
-from sarnet.model_files import SUFFIX, load_weights, read_description
-from sarnet.training import TrainConfig, fit, seed_everything
+from sarnet.core.errors import ConfigError, TrainingDiverged
+from sarnet.core.model_files import SUFFIX, load_weights, read_description
+from sarnet.core.training import TrainConfig, fit, seed_everything
 
 
 def regression_data(n=96, d=6, seed=0):
@@ -217,7 +217,7 @@ def test_a_loss_that_raises_on_diverged_weights_stops_as_divergence(tmp_path):
 def test_finite_but_exploded_weights_stop_as_divergence_not_a_crash(tmp_path):
     """lr = 1e6 leaves the weights finite but huge: activations overflow to inf, inf − inf is NaN,
     and BCE raises on it. That is divergence too (a probe of issue 14 found the crash)."""
-    from sarnet.models import ConvVAE
+    from sarnet.families.conv_vae import ConvVAE
 
     torch.manual_seed(0)
     model = ConvVAE(4)

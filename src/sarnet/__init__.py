@@ -1,12 +1,17 @@
 """SarNET and SarNET VAE as a library (no DVC here; pipeline/ holds the stage scripts).
 
-Module map, lower layers first (a module imports only from its own line or the lines above):
-  errors, files, params, device, data, fid, semidense, optim   errors, atomic writes, strict params, data, FID maths, the masked layer, training settings and optimisers
-  provenance, refresh                                   where a run ran (date, commit, CPU, GEMM time), the plan of `sarnet repro --for`
-  layers                                                SemiDense stacks, whole-map convolutions and the autoregressive loop (naive, incremental)
-  models, autoregressive, gans, vqvae, registry, classifier, gen_xgboost   the generators (each owns `sample`, some their training step), every kind by name, the FID instruments
-  model_files, loader, names, generators                safetensors model files, the one loader, names, generate(n, seed)
-  calibration, training, explain, figures, report, tracking, cli   calibration, training loop, figures, MLflow, CLI
+Module map, lower layers first (a module imports only from its own line or the lines above; the
+families import no other family; each stage depends on the core, the base and its own family; core/,
+masked/ and instruments/ are namespace packages, families/__init__.py is the registry):
+  core.errors, core.files, core.params, core.provenance   errors, atomic writes (JSON, text, PNG grids), strict params, where a run ran
+  core.data, core.device, core.model_files, core.training   the datasets and image shape, where torch runs, self-describing model files and their names, the one training loop with its settings
+  masked.semidense, masked.conv                            the masked layers: SemiDense with its stacks and autoregressive loop (SarNET), masked convolutions (pixel models)
+  instruments.fid, instruments.classifier                  the FID maths and the FID classifiers (the `cnn` and `mlp` instruments)
+  instruments.calibration, instruments.loader              the calibration of the FID scale, the instruments' own loader
+  families.base                                            the base class of every generative model, and the VAE scaffolding two families share
+  families.sarnet, families.sarnet_vae, families.conv_vae, families.gans, families.pixel, families.vqvae, families.xgboost   one module per family: simple SarNET, SarNET VAE, conv/β-VAE, GANs, PixelCNN/Row LSTM, VQ-VAE, generative XGBoost
+  families                                                 the registry: a kind's family module, imported on demand; the one generator loader
+  explain, report, refresh, tracking, cli                  figures of §4.3/§5, the FID table, the plan of `sarnet repro --for`, MLflow, the CLI
 """
 
 from importlib.metadata import version as _v

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from sarnet.errors import SarnetError
+from sarnet.core.errors import SarnetError
 
 
 def _init_tracking(args: argparse.Namespace) -> None:
@@ -150,7 +150,7 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
     at once. Returns dvc's status (0, or the failing stage's) and whether any stage ran."""
     import subprocess
 
-    from sarnet.provenance import gemm_ms
+    from sarnet.core.provenance import gemm_ms
     from sarnet.refresh import estimate_seconds, run_within, upstreams, with_downstream
 
     if subprocess.run([dvc, "remote", "default"], capture_output=True, text=True).stdout.strip():
@@ -212,7 +212,7 @@ def _ui(args: argparse.Namespace) -> None:
 
 def _read_params(path: str) -> dict:
     """The whole params file (sampling settings and figure defaults come from it); one-line errors."""
-    from sarnet.params import read_params_file
+    from sarnet.core.params import read_params_file
 
     return read_params_file(path, hint="pass --params, or run from the project root")
 
@@ -232,7 +232,7 @@ def _section(params: dict, path: str, *keys: str) -> dict:
 def _settings(params: dict, path: str, *keys: str) -> dict:
     """A section of sampling settings, every value a finite number (or a flag): a string in
     params.yaml stops here in one line, not as a TypeError inside the sampler."""
-    from sarnet.params import check_number
+    from sarnet.core.params import check_number
 
     settings = dict(_section(params, path, *keys))
     for key, value in settings.items():
@@ -242,9 +242,13 @@ def _settings(params: dict, path: str, *keys: str) -> dict:
 
 
 def _load(path: str, kinds: tuple[str, ...] | None = None):
-    """The model a file describes (the one loader, sarnet.loader); `kinds`: the kinds this command takes."""
-    from sarnet.loader import load_model
+    """The generator a file describes (the one loader, sarnet.families); `kinds`: the kinds this command takes."""
+    from sarnet.core.model_files import read_description
+    from sarnet.families import KINDS, load_model
 
+    kind = read_description(path)["kind"]
+    if kinds is not None and kind not in kinds or kind not in KINDS:
+        raise SarnetError(f"{path}: this command needs a {' or '.join(kinds or KINDS)} model, this is a {kind}")
     model = load_model(path)
     if kinds is not None and model.kind not in kinds:
         raise SarnetError(f"{path}: this command needs a {' or '.join(kinds)} model, this is a {model.kind}")
@@ -279,8 +283,8 @@ def _check_outputs(*paths: str | None) -> None:
 def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
     import numpy as np
 
-    from sarnet.figures import save_grid
-    from sarnet.files import atomic_path
+    from sarnet.core.files import save_grid
+    from sarnet.core.files import atomic_path
 
     save_grid(images.reshape(-1, 28, 28), out, nrow=nrow)
     print(f"wrote {out}")
@@ -291,14 +295,14 @@ def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from sarnet.registry import GENERATOR_CLASSES
+    from sarnet.families import KINDS
 
     if args.n < 1:
         raise SarnetError(f"-n must be >= 1, got {args.n}")
     _check_nrow(args.nrow)
     _check_outputs(args.out, args.npz)
     _check_threshold(args.threshold)
-    model = _load(args.model, tuple(GENERATOR_CLASSES))
+    model = _load(args.model, tuple(k for k in KINDS if k != "gen_xgboost"))
     settings = _settings(_read_params(args.params), args.params, "sampling", model.kind)
     if args.threshold is not None:
         if "threshold" not in model.sampling_keys:
@@ -310,7 +314,7 @@ def _sample(args: argparse.Namespace) -> None:
 def _inpaint(args: argparse.Namespace) -> None:
     import torch
 
-    from sarnet.data import to_unit_tensor
+    from sarnet.core.data import to_unit_tensor
     from sarnet.explain import inpainting_rows
 
     _check_outputs(args.out, args.npz)
@@ -336,7 +340,7 @@ def _test_images(path: str, digit: int):
     """The test split of a prepared dataset (digit < 0: every class); anything else is one line."""
     import zipfile
 
-    from sarnet.data import load_prepared
+    from sarnet.core.data import load_prepared
 
     try:
         return load_prepared(path, digit=None if digit < 0 else digit).test
@@ -348,10 +352,10 @@ def _test_images(path: str, digit: int):
 def _explain(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from sarnet.data import to_unit_tensor
+    from sarnet.core.data import to_unit_tensor
     from sarnet.explain import check_target_patch, importance_figure, stack_of
-    from sarnet.figures import save_rgb_grid
-    from sarnet.files import atomic_path
+    from sarnet.core.files import save_rgb_grid
+    from sarnet.core.files import atomic_path
 
     _check_outputs(args.out, args.npz)
     model = _load(args.model, ("sarnet_vae", "sarnet"))
@@ -382,9 +386,9 @@ def _explain(args: argparse.Namespace) -> None:
 def _interpolate(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from sarnet.data import to_unit_tensor
+    from sarnet.core.data import to_unit_tensor
     from sarnet.explain import interpolation_row
-    from sarnet.files import atomic_path
+    from sarnet.core.files import atomic_path
 
     _check_outputs(args.out, args.npz)
     model = _load(args.model, ("sarnet_vae",))

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sarnet.files import atomic_path, write_text
+from sarnet.core.files import atomic_path, write_text
 
 FAMILIES = {"sarnet_vae": "SarNET VAE", "conv_vae": "conv VAE"}
 SINGLE_MODELS = {"sarnet": "simple SarNET", "gen_xgboost": "generative XGBoost"}
@@ -20,47 +20,62 @@ BUDGET_FLAG = 1.5  # a baseline whose stages took more than this × its budget i
 
 @dataclass(frozen=True)
 class FidRow:
-    """One model's evaluation: its FID record (metrics/fid/<name>.json) and per-set FIDs, by the CNN
-    instrument and (`second`) by the MLP instrument on the same sets."""
+    """One model's evaluation: its FID record (metrics/fid/<name>.json) and every instrument's per-set FIDs
+    (metrics/fid/sets/<name>.json, by instrument name: `cnn`, `mlp`) on the same sets."""
 
     name: str
     kind: str
     latent_dim: int | None
-    fids: Sequence[float]
-    mean: float
+    fids: Mapping[str, Sequence[float]]  # instrument -> its per-set FIDs
+    mean: float  # the CNN instrument's, as the record has it
     std: float
-    data: str | None = None  # a variant (params.yaml `<kind>_data` key); None: Table 4.1's model
+    variant: str | None = None  # what the name adds to its kind (`fashion`, `mse`); None: the thesis's model itself
     dataset: str = "mnist"
-    baseline: bool = False  # an entry of params.yaml's `baselines` (the seeds' other generators)
-    second: Sequence[float] = ()  # the MLP instrument's per-set FIDs
+    baseline: bool = False  # one of the seeds' other generators
 
     @classmethod
     def from_files(cls, name: str, kind: str, latent_dim: int | None, record: Mapping,
-                   fids: Sequence[float] | Mapping[str, Sequence[float]], data: str | None = None,
+                   fids: Sequence[float] | Mapping[str, Sequence[float]], variant: str | None = None,
                    dataset: str = "mnist", baseline: bool = False) -> "FidRow":
-        """From an evaluation's record (mean, std, sets) and its per-set FIDs ({"cnn": …, "mlp": …}, or the
-        CNN's alone), which must agree in number."""
-        by_instrument = fids if isinstance(fids, Mapping) else {"cnn": fids}
-        cnn, mlp = by_instrument["cnn"], by_instrument.get("mlp", ())
-        if len(cnn) != record["sets"] or (mlp and len(mlp) != record["sets"]):
-            raise ValueError(f"{name}: {len(cnn)} and {len(mlp)} per-set FIDs for {record['sets']} sets")
-        return cls(name, kind, latent_dim, [float(f) for f in cnn], float(record["mean"]), float(record["std"]),
-                   data, dataset, baseline, [float(f) for f in mlp])
+        """From an evaluation's record and its per-set FIDs ({"cnn": …, "mlp": …}, or the CNN's alone),
+        which must agree in number."""
+        by_instrument = {i: [float(f) for f in v] for i, v in (fids if isinstance(fids, Mapping) else {"cnn": fids}).items()}
+        if any(len(v) != record["sets"] for v in by_instrument.values()):
+            raise ValueError(f"{name}: {', '.join(f'{len(v)} {i}' for i, v in by_instrument.items())} per-set FIDs "
+                             f"for {record['sets']} sets")
+        cnn = record_fid(record, "cnn")
+        return cls(name, kind, latent_dim, by_instrument, cnn[0], cnn[1], variant, dataset, baseline)
+
+    @property
+    def sets(self) -> int:
+        return len(self.fids["cnn"])
 
     def by(self, instrument: str) -> tuple[float, float] | None:
-        """(mean, std) over sets by the `cnn` or `mlp` instrument; None when that one did not score it."""
+        """(mean, std) over sets by an instrument (the CNN's from the record, the others' from their per-set
+        FIDs); None when that one did not score it."""
         if instrument == "cnn":
             return self.mean, self.std
-        if not self.second:
+        values = self.fids.get(instrument)
+        if not values:
             return None
-        mean = sum(self.second) / len(self.second)
-        return mean, (sum((f - mean) ** 2 for f in self.second) / len(self.second)) ** 0.5
+        mean = sum(values) / len(values)
+        return mean, (sum((f - mean) ** 2 for f in values) / len(values)) ** 0.5
+
+
+def record_fid(record: Mapping, instrument: str) -> tuple[float, float]:
+    """(mean, std) of an instrument in an evaluation's record, `{"cnn": {"mean": …, "std": …}, …}`. Records
+    written before the instruments were keyed by name (issue 30; gone with the next full refresh) had the
+    CNN's as `mean`, `std` and the MLP's as `mlp_mean`, `mlp_std`."""
+    if instrument in record:
+        return float(record[instrument]["mean"]), float(record[instrument]["std"])
+    prefix = "" if instrument == "cnn" else f"{instrument}_"
+    return float(record[f"{prefix}mean"]), float(record[f"{prefix}std"])
 
 
 def _ours(row: FidRow | None) -> str:
     if row is None:
         return "not run"
-    return f"{row.mean:.3f} ± {row.std:.3f} ({len(row.fids)})"
+    return f"{row.mean:.3f} ± {row.std:.3f} ({row.sets})"
 
 
 def _mlp(row: FidRow | None) -> str:
@@ -95,7 +110,7 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     `calibration` is (our FID, thesis FID) of the blur σ = 0.5 set: the two classifiers' scales
     differ, and that row is how a reader converts between them.
     """
-    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None and not r.baseline}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.variant is None and not r.baseline}
     ours_blur, thesis_blur = calibration
     lines = [
         f"FID, mean ± std over sets (number of sets); each set {n_images:,} generated vs {n_images:,} real "
@@ -117,12 +132,12 @@ def fid_table_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
         if (kind, None) in by_key or thesis.get(kind) is not None:
             row = by_key.get((kind, None))
             lines.append(f"| {label} | {_ours(row)} | {_mlp(row)} | {_thesis(thesis.get(kind))} |")
-    for row in (r for r in rows if r.data is not None):
-        published = (thesis.get(f"{row.kind}_data") or {}).get(row.data)
+    for row in (r for r in rows if r.variant is not None):
+        published = (thesis.get("variants") or {}).get(row.name)
         if row.kind in SINGLE_MODELS:
-            label = f"{SINGLE_MODELS[row.kind]} `{row.data}`: {(variant_labels or {}).get(row.name, 'variant')}"
+            label = f"{SINGLE_MODELS[row.kind]} `{row.variant}`: {(variant_labels or {}).get(row.name, 'variant')}"
         else:
-            label = (f"{FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.data}` "
+            label = (f"{FAMILIES.get(row.kind, row.kind)} L = {row.latent_dim}, training set `{row.variant}` "
                      f"(scored on {row.dataset} test images by the {row.dataset} classifier)")
         lines.append(f"| {label} | {_ours(row)} | {_mlp(row)} | {_thesis(published)} |")
     for row in (r for r in rows if r.baseline):
@@ -144,15 +159,15 @@ def write_sets_csv(rows: Sequence[FidRow], path: str | os.PathLike) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "set", "fid", "fid_mlp"])
     for row in rows:
-        second = list(row.second) or [None] * len(row.fids)
+        mlp = list(row.fids.get("mlp", ())) or [None] * row.sets
         writer.writerows([row.name, i, f"{fid:.6f}", "" if other is None else f"{other:.6f}"]
-                         for i, (fid, other) in enumerate(zip(row.fids, second)))
+                         for i, (fid, other) in enumerate(zip(row.fids["cnn"], mlp)))
     write_text(path, buffer.getvalue())
 
 
 def write_latent_csv(rows: Sequence[FidRow], latent_dims: Sequence[int], thesis: Mapping, path: str | os.PathLike) -> None:
     """FID against latent size for both families (a DVC plot), ours and the thesis's."""
-    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.variant is None}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["latent_dim", *(f"{f}_{col}" for f in FAMILIES for col in ("mean", "std", "thesis"))])
@@ -174,7 +189,7 @@ def plot_fid_vs_latent(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     matplotlib.use("Agg")  # no display on CI
     import matplotlib.pyplot as plt
 
-    by_key = {(r.kind, r.latent_dim): r for r in rows if r.data is None}
+    by_key = {(r.kind, r.latent_dim): r for r in rows if r.variant is None}
     fig, ours_ax = plt.subplots(figsize=(6, 4), dpi=120)
     thesis_ax = ours_ax.twinx()
     for (family, label), colour in zip(FAMILIES.items(), ("tab:blue", "tab:orange")):
@@ -361,7 +376,7 @@ def agreement_markdown(rows: Sequence[FidRow], latent_dims: Sequence[int]) -> st
     conv VAE at each L, the order across L within each family, each baseline against SarNET VAE L = 128
     (the thesis's main model), and the rank correlation of all rows between the instruments."""
     scored = [r for r in rows if r.by("mlp") is not None]
-    by_key = {(r.kind, r.latent_dim): r for r in scored if r.data is None and not r.baseline}
+    by_key = {(r.kind, r.latent_dim): r for r in scored if r.variant is None and not r.baseline}
     lines = ["**What holds on both instruments.** A comparison is decided by an instrument when the FIDs differ by "
              "more than their two set-to-set stds together; it holds when both instruments decide it the same way.", ""]
 

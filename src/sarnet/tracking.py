@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sarnet.provenance import git_state
+from sarnet.core.provenance import git_state
 
 DEFAULT_EXPERIMENT = "sarnet"
 STORE_FILE = "mlflow.db"

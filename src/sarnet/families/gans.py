@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.errors import ConfigError
-from sarnet.layers import IMAGE_SIZE, evaluating
-from sarnet.models import Generator
-from sarnet.optim import TrainConfig, check_finite, make_optimizer
+from sarnet.core.errors import ConfigError
+from sarnet.core.data import IMAGE_SIZE
+from sarnet.core.device import evaluating
+from sarnet.families.base import GenerativeModel
+from sarnet.core.training import TrainConfig, check_finite, make_optimizer
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -64,7 +65,7 @@ class AdversarialStep:
         self.generator_optimizer.load_state_dict(state["generator"])
 
 
-class _GAN(Generator):
+class _GAN(GenerativeModel):
     """A generator network (noise -> (B, 1, 28, 28) images in model space) and a discriminator (logits)."""
 
     signed: ClassVar[bool] = True  # networks see [−1, 1] images (a tanh generator); else [0, 1]
@@ -236,4 +237,4 @@ class DCGAN(_GAN):
         return generator, discriminator
 
 
-GAN_CLASSES: dict[str, type[Generator]] = {cls.kind: cls for cls in (GanMLP, DCGAN)}
+MODELS: dict[str, type[GenerativeModel]] = {cls.kind: cls for cls in (GanMLP, DCGAN)}

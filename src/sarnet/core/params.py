@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sarnet.errors import ConfigError
+from sarnet.core.errors import ConfigError
 
 
 def read_params_file(path: str | os.PathLike, hint: str) -> dict[str, Any]:
@@ -74,3 +74,24 @@ def check_data_keys(section: str, params: Mapping[str, Any]) -> None:
     if params.get("digit") is not None and params["digit"] > 9:
         raise ConfigError(f"params.yaml: `{section}.digit` must be a class 0..9 or null, got {params['digit']}")
     check_int(section, "train_limit", params.get("train_limit"), minimum=1, optional=True)
+
+
+TABLE_KEYS = ("kind", "family", "uses", "dataset", "latent_dim", "base")  # what a `models` entry says about what it is
+
+
+def resolve_models(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """params.yaml's `models` table with each entry's `base` (a `model_bases` entry) laid under its own keys:
+    name -> every setting of that model, its table keys included. A missing or unknown base is one line."""
+    entries, bases = params.get("models"), params.get("model_bases", {})
+    if not isinstance(entries, Mapping) or not isinstance(bases, Mapping):
+        raise ConfigError("params.yaml: `models` and `model_bases` must be mappings of names to entries")
+    resolved = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"params.yaml: `models.{name}` must be a mapping with a `kind`, got {type(entry).__name__}")
+        base = entry.get("base")
+        if base not in bases or not isinstance(bases[base], Mapping):
+            raise ConfigError(f"params.yaml: `models.{name}.base` must name an entry of `model_bases` "
+                              f"({', '.join(map(str, bases))}), got {base!r}")
+        resolved[name] = {**bases[base], **entry}
+    return resolved

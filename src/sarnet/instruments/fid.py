@@ -10,14 +10,14 @@ logits against real images' (collapse); the pixels give the distance to the near
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from sarnet.errors import ConfigError
+from sarnet.core.errors import ConfigError
 
 
 def _clip_roundoff(eigvals: np.ndarray) -> np.ndarray:
@@ -173,37 +173,29 @@ class FidProtocol:
 
 @dataclass
 class FidSets:
-    fids: list[float]
+    """Per-set results of `fid_over_sets`: every instrument's FIDs by its name (`cnn`, `mlp`), and the
+    scores read from the first instrument's logits."""
+
+    fids: dict[str, list[float]]  # instrument -> its FID of each set
     preview: torch.Tensor  # the first images of set 0, for a sample grid
     generation_seconds: float
-    inception: list[float] = field(default_factory=list)  # per set, from the FID's logits
+    inception: list[float] = field(default_factory=list)  # per set, from the first instrument's logits
     sharpness: list[float] = field(default_factory=list)
     class_rate: list[float] = field(default_factory=list)  # per set, when a label is given
     spread_ratio: float = float("nan")  # set 0's first `probe` images: logit spread / the real pool's
     nearest_train: float = float("nan")  # set 0's first `probe` images: mean distance to the nearest training image
-    second_fids: list[float] = field(default_factory=list)  # the second instrument's FID of the same sets
 
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.fids))
+    def mean(self, instrument: str) -> float:
+        return float(np.mean(self.fids[instrument]))
 
-    @property
-    def std(self) -> float:
+    def std(self, instrument: str) -> float:
         """Population std over sets (numpy's default, ddof=0); 0 for a single set."""
-        return float(np.std(self.fids))
-
-    @property
-    def second_mean(self) -> float:
-        return float(np.mean(self.second_fids))
-
-    @property
-    def second_std(self) -> float:
-        return float(np.std(self.second_fids))
+        return float(np.std(self.fids[instrument]))
 
 
 def fid_over_sets(
     generate: Callable[[int, int], torch.Tensor],
-    scorer: FidScorer,
+    instruments: Mapping[str, FidScorer],
     real_pool: torch.Tensor,
     protocol: FidProtocol,
     on_set: Callable[[int, float], None] | None = None,
@@ -211,46 +203,47 @@ def fid_over_sets(
     label: int | None = None,
     train_pool: torch.Tensor | None = None,
     probe: int = 1000,
-    second: FidScorer | None = None,
 ) -> FidSets:
-    """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`, and
-    from the same logits each set's inception score, sharpness and (with `label`) class rate.
+    """FID of `protocol.sets` generated sets against fresh with-replacement draws of `real_pool`, by
+    every instrument (name -> scorer) on the very same images and real draws; from the first
+    instrument's logits also each set's inception score, sharpness and (with `label`) class rate.
 
-    `generate(n, seed)` returns n images (n, 28, 28) in [0, 1]. The real pool's logits are computed
-    once: a draw with replacement of images is the same draw of their logits. Each generated set goes
-    through the classifier once. Set 0's first `probe` images also give the logit spread against the
-    real pool's and, with `train_pool`, the distance to the nearest training image. With `second`, a
-    second instrument scores the very same images against the same real draws. No set is kept.
+    `generate(n, seed)` returns n images (n, 28, 28) in [0, 1]. The real pool's features are computed
+    once: a draw with replacement of images is the same draw of their features. Each generated set goes
+    through each instrument once. Set 0's first `probe` images also give the logit spread against the
+    real pool's and, with `train_pool`, the distance to the nearest training image. `on_set(index, fid)`
+    gets the first instrument's FID. No set is kept.
     """
     if len(real_pool) < 2:
         raise ConfigError(f"the real image pool needs at least 2 images, got {len(real_pool)}")
-    real_features = scorer.features(real_pool)
-    second_real = second.features(real_pool) if second is not None else None
-    result = FidSets([], torch.empty(0), 0.0)
+    if not instruments:
+        raise ConfigError("fid_over_sets needs at least one instrument")
+    first = next(iter(instruments))
+    real_features = {name: scorer.features(real_pool) for name, scorer in instruments.items()}
+    result = FidSets({name: [] for name in instruments}, torch.empty(0), 0.0)
     generation_seconds = 0.0
     for index in range(protocol.sets):
         rng, generator_seed = protocol.set_seeds(index)
         draw = rng.integers(0, len(real_pool), protocol.n_images)
-        real_stats = feature_statistics(real_features[draw])
         started = time.perf_counter()
         images = generate(protocol.n_images, generator_seed)
         generation_seconds += time.perf_counter() - started
         if tuple(images.shape[1:]) not in ((28, 28), (1, 28, 28)) or len(images) != protocol.n_images:
             raise ConfigError(f"generator returned shape {tuple(images.shape)}, expected ({protocol.n_images}, 28, 28)")
-        features = scorer.features(images)  # the one classifier pass of this set
-        result.fids.append(frechet_distance(*feature_statistics(features), *real_stats))
-        if second is not None:
-            result.second_fids.append(frechet_distance(*second.statistics(images), *feature_statistics(second_real[draw])))
+        features = instruments[first].features(images)  # the one pass of this set through the first instrument
+        for name, scorer in instruments.items():
+            own = features if name == first else scorer.features(images)
+            result.fids[name].append(frechet_distance(*feature_statistics(own), *feature_statistics(real_features[name][draw])))
         result.inception.append(inception_score(features))
         result.sharpness.append(sharpness(features))
         if label is not None:
             result.class_rate.append(class_rate(features, label))
         if index == 0:
             result.preview = images[:preview].detach().cpu().clone()
-            result.spread_ratio = mean_pairwise_distance(features[:probe]) / mean_pairwise_distance(real_features[:probe])
+            result.spread_ratio = mean_pairwise_distance(features[:probe]) / mean_pairwise_distance(real_features[first][:probe])
             if train_pool is not None:
                 result.nearest_train = mean_nearest_distance(images[:probe].detach().cpu(), train_pool)
         if on_set is not None:
-            on_set(index, result.fids[-1])
+            on_set(index, result.fids[first][-1])
     result.generation_seconds = generation_seconds
     return result

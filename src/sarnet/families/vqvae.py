@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.autoregressive import MaskedConv2d, PaddedMap, draw_levels
-from sarnet.errors import ConfigError
-from sarnet.layers import IMAGE_SIZE, evaluating
-from sarnet.models import Generator
-from sarnet.optim import TrainConfig, check_finite
+from sarnet.core.errors import ConfigError
+from sarnet.core.data import IMAGE_SIZE
+from sarnet.core.device import evaluating
+from sarnet.core.training import TrainConfig, check_finite
+from sarnet.families.base import GenerativeModel
+from sarnet.masked.conv import MaskedConv2d, PaddedMap, draw_levels
 
 GRID = 7  # the code map is 7×7 (seed 004: H_l = W_l = 7)
 
@@ -168,7 +169,7 @@ class PhasedStep:
         self.done = int(state["done"])
 
 
-class VQVAE(Generator):
+class VQVAE(GenerativeModel):
     """VQ-VAE (Keras example: Conv 32 3×3 s2 → Conv 64 3×3 s2 → Conv D 1×1; ConvT 64 s2 → ConvT 32 s2 →
     ConvT 1) with a codebook of K vectors and a PixelCNN prior over the 7×7 codes (see the module)."""
 
@@ -266,3 +267,6 @@ class VQVAE(Generator):
             parts = [self.decode_codes(self.prior.sample_codes(uniforms[i : i + batch_size], temperature, method))
                      for i in range(0, n, batch_size)]
         return torch.cat(parts) if parts else torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE)
+
+
+MODELS: dict[str, type[GenerativeModel]] = {VQVAE.kind: VQVAE}

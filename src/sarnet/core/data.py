@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sarnet.errors import DataError
-from sarnet.files import atomic_path
+from sarnet.core.errors import DataError
+from sarnet.core.files import atomic_path
+
+IMAGE_SIZE = 28  # every image of the project is 28×28 grey levels
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
 DATA_DIR_ENV = "SARNET_DATA_DIR"
 

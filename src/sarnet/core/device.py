@@ -1,13 +1,17 @@
-"""Where torch work runs: `$SARNET_DEVICE` when set (`cpu`, `cuda`, `cuda:1`), else CUDA when
-present, else the CPU. A GPU machine can so still run (and reproduce) the CPU results."""
+"""Where and how torch work runs: `$SARNET_DEVICE` when set (`cpu`, `cuda`, `cuda:1`), else CUDA when
+present, else the CPU (a GPU machine can so still run, and reproduce, the CPU results); and eval mode
+for a block of work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
-from sarnet.errors import ConfigError
+from sarnet.core.errors import ConfigError
 
 DEVICE_ENV = "SARNET_DEVICE"
 # cuBLAS is deterministic only with a fixed workspace, which must be set before CUDA starts; this
@@ -31,3 +35,14 @@ def default_device() -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"${DEVICE_ENV}={name!r}: only cpu and cuda are supported")
     return device
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block, the caller's mode restored after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from sarnet.errors import ConfigError, DataError
-from sarnet.params import check_keys
+from sarnet.core.errors import ConfigError, DataError
+from sarnet.core.params import check_keys
 
 IMAGE_SIZE = 28
 
@@ -273,3 +273,6 @@ class GenerativeXGBoost:
         predictors = [booster(folder / f"predictor_{i:03d}.ubj") for i in range(1, config.n_patches)]
         refiners = [booster(folder / f"refiner_{i:03d}.ubj") for i in range(config.n_patches)]
         return cls(config, predictors, refiners)
+
+
+MODELS = {GenerativeXGBoost.kind: GenerativeXGBoost}  # not a torch model: loaded from its folder (GenerativeXGBoost.load)

@@ -1,5 +1,6 @@
-"""Model files: safetensors weights whose metadata says what the model is (its kind and constructor
-arguments), so one loader (loader.py) rebuilds any of the project's torch models from the file
+"""Model files: where a generator's file is (its name, the key of params.yaml's `models` table, and its
+kind) and what every model file holds: safetensors weights whose metadata says what the model is (its
+kind and constructor arguments), so one loader rebuilds any of the project's torch models from the file
 alone: no pickle, no params.yaml.
 
 Metadata: a single key "sarnet" holding sorted-key JSON {"format", "kind", "args"} (one key, so the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sarnet.errors import ConfigError, DataError
-from sarnet.files import atomic_path
+from sarnet.core.errors import ConfigError, DataError
+from sarnet.core.files import atomic_path
 
 FORMAT = "sarnet-model/1"
 META_KEY = "sarnet"
@@ -89,3 +91,33 @@ def load_weights(model: nn.Module, path: str | os.PathLike, info: dict[str, Any]
     except RuntimeError as exc:
         raise DataError(f"{path}: weights do not fit the model ({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
     return model
+
+
+# --- names: where a generator's files are ----------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*")
+THESIS_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost")  # the thesis's models; the other kinds are the seeds' baselines
+
+
+def check_model_name(name: str) -> None:
+    """ConfigError unless `name` is fit for file and stage names: lower-case letters, digits, single underscores."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"model name {name!r}: use letters, digits and single underscores")
+
+
+def model_path(kind: str, name: str, root: str | os.PathLike = "models") -> Path:
+    """Where training writes a generator: models/<kind>/<name>.safetensors, or the folder models/<name>
+    for the generative XGBoost (its boosters are files of their own)."""
+    check_model_name(name)
+    return Path(root) / name if kind == "gen_xgboost" else Path(root) / kind / f"{name}{SUFFIX}"
+
+
+def variant_of(name: str, kind: str, latent_dim: int | None) -> str | None:
+    """What a thesis model's name adds to its kind and latent size: `fashion` of `sarnet_vae_fashion_L128`,
+    `mse` of `sarnet_mse`; None for the model itself (`sarnet_vae_L128`, `sarnet`)."""
+    suffix = "" if latent_dim is None else f"_L{int(latent_dim)}"
+    if name == f"{kind}{suffix}":
+        return None
+    if name.startswith(f"{kind}_") and name.endswith(suffix):
+        return name[len(kind) + 1 : len(name) - len(suffix)]
+    return name

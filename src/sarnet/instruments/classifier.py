@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.fid import to_signed_unit
+from sarnet.instruments.fid import to_signed_unit
 
 
 class MnistClassifier(nn.Module):
@@ -85,6 +85,7 @@ class MlpClassifier(nn.Module):
 
 
 INSTRUMENTS: dict[str, type[nn.Module]] = {cls.instrument: cls for cls in (MnistClassifier, MlpClassifier)}
+INSTRUMENT_NAMES = tuple(INSTRUMENTS)  # every FID is measured by each, in this order: `cnn` first
 
 
 def instrument_path(dataset: str, instrument: str = "cnn") -> Path:

@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter1d
 from torchvision.transforms import RandomPerspective
 from torchvision.transforms.functional import perspective
 
-from sarnet.fid import FidScorer, class_rate, inception_score, mean_nearest_distance, sharpness
+from sarnet.instruments.fid import FidScorer, class_rate, inception_score, mean_nearest_distance, sharpness
 
 Images = torch.Tensor  # (N, 28, 28) float in [0, 1]
 

@@ -1,0 +1,32 @@
+"""The instruments' own loader: an instrument's model file -> the classifier it describes, with its weights."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from sarnet.core.errors import ConfigError, DataError
+from sarnet.core.model_files import load_weights, read_description
+from sarnet.instruments.classifier import INSTRUMENTS
+
+INSTRUMENT_CLASSES: dict[str, type[nn.Module]] = {cls.kind: cls for cls in INSTRUMENTS.values()}
+
+
+def load_instrument(path: str | os.PathLike, device: torch.device | str | None = None,
+                    instrument: str | None = None) -> nn.Module:
+    """The instrument a file describes, in eval mode on `device` (default CPU); `instrument` (`cnn`,
+    `mlp`): refuse a file of another instrument."""
+    info = read_description(path)
+    if info["kind"] not in INSTRUMENT_CLASSES:
+        raise DataError(f"{path}: a {info['kind']} model file, not an instrument (known: {', '.join(INSTRUMENT_CLASSES)})")
+    cls = INSTRUMENT_CLASSES[info["kind"]]
+    if instrument is not None and cls.instrument != instrument:
+        raise DataError(f"{path}: the {cls.instrument} instrument's file, expected the {instrument} instrument's")
+    try:
+        model = cls(**info["args"])
+    except (TypeError, ConfigError) as exc:
+        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
+    load_weights(model, path, info)
+    return model.to(device or "cpu").eval()
