@@ -57,9 +57,9 @@ for group, values in m.get("references", {}).items():
 if set(m.get("references", {})) != {"class", "all_digits"}:
     problems.append(f"{path}: no real-data references (class, all_digits) for the inception score and its companions")
 for key, row in rows.items():
-    finite(path, f"{key}.fid", row.get("fid"))
-    finite(path, f"{key}.fid_mlp", row.get("fid_mlp"))
-    finite(path, f"{key}.ratio", row.get("ratio"))
+    for instrument in ("cnn", "mlp"):
+        for stat in ("fid", "ratio"):
+            finite(path, f"{key}.{instrument}.{stat}", row.get(instrument, {}).get(stat))
 table = [line for line in Path("metrics/calibration.md").read_text().splitlines() if line.startswith("| ")]
 if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")

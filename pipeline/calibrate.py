@@ -8,7 +8,7 @@ from sarnet.core.device import default_device
 from sarnet.instruments.fid import FidScorer
 from sarnet.core.files import write_text
 from sarnet.instruments.loader import load_instrument
-from sarnet.instruments.classifier import instrument_path
+from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.core.params import check_keys
 from sarnet.tracking import stage_run
 
@@ -27,21 +27,21 @@ def main() -> None:
     all_digits = load_prepared(f"data/prepared/{dataset}.npz", digit=None)
     protocol = params("evaluate")  # the references are measured as the generators are
     device = default_device()
-    scorer = FidScorer(load_instrument(instrument_path(dataset, "cnn"), device, "cnn"), device=device)
-    second = FidScorer(load_instrument(instrument_path(dataset, "mlp"), device, "mlp"), device=device)
+    instruments = {name: FidScorer(load_instrument(instrument_path(dataset, name), device, name), device=device)
+                   for name in INSTRUMENT_NAMES}
 
     with stage_run(run_name("calibrate"), params=p, dataset=dataset) as tracker:
-        results = calibrate(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n, p["seed"],
-                            progress=print, second=second)
+        results = calibrate(instruments, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images), n,
+                            p["seed"], progress=print)
         numbers = {key: {k: v for k, v in row.items() if k != "label"} for key, row in results.items()}
-        references = real_references(scorer, to_unit_tensor(data.test.images), to_unit_tensor(data.train.images),
+        references = real_references(instruments["cnn"], to_unit_tensor(data.test.images), to_unit_tensor(data.train.images),
                                      to_unit_tensor(all_digits.test.images), p["digit"], protocol["n_images"],
                                      protocol["sets"], p["seed"])
         print(f"real references: {references}")
         timing = write_results("calibration", {"rows": numbers, "references": references})
         write_text("metrics/calibration.md", calibration_markdown(results, n, CLASSIFIER_NOTE))
-        tracker.log_metrics({f"fid.{k}": r["fid"] for k, r in results.items()} | {f"ratio.{k}": r["ratio"] for k, r in results.items()}
-                            | {f"fid_mlp.{k}": r["fid_mlp"] for k, r in results.items()}
+        tracker.log_metrics({f"{stat}_{i}.{k}": r[i][stat] for k, r in results.items() for i in instruments
+                             for stat in ("fid", "ratio")}
                             | {f"{group}.{k}": v for group, values in references.items() for k, v in values.items()} | timing)
         tracker.log_artifact("metrics/calibration.md")
         tracker.log_artifact("metrics/calibration.json")

@@ -97,7 +97,7 @@ def main() -> None:
     budgets = p["budget_minutes"]
     spent = {name: seconds[f"train/{name}"] + seconds[f"fid/{name}"] for name in budgets
              if f"train/{name}" in seconds and f"fid/{name}" in seconds}
-    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["fid"], calibration["thesis_fid"]), protocol["n_images"],
+    table = fid_table_markdown(rows, latent_dims, thesis, (calibration["cnn"]["fid"], calibration["thesis_fid"]), protocol["n_images"],
                                labels) + "\n" + agreement_markdown(rows, latent_dims) + "\n" + scores_markdown(
         rows, records, calibration_file.get("references"))
     write_text(OUT / "fid_table.md", table)

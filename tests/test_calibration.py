@@ -205,25 +205,25 @@ def pools():
 def test_calibrate_structure(scorer, pools):
     test, train = pools
     messages = []
-    res = calibrate(scorer, test, train, n=50, seed=3, progress=messages.append)
+    res = calibrate({"cnn": scorer}, test, train, n=50, seed=3, progress=messages.append)
     assert list(res) == [row.key for row in CALIBRATION_ROWS]
     assert len(messages) == len(CALIBRATION_ROWS)
     for row in CALIBRATION_ROWS:
         entry = res[row.key]
-        assert set(entry) == {"label", "fid", "thesis_fid", "ratio"}
+        assert set(entry) == {"label", "thesis_fid", "cnn"} and set(entry["cnn"]) == {"fid", "ratio"}
         assert entry["label"] == row.label
         assert entry["thesis_fid"] == row.thesis_fid
-        assert isinstance(entry["fid"], float)
-        assert math.isfinite(entry["fid"]) and entry["fid"] >= 0.0
-        assert entry["ratio"] == entry["fid"] / entry["thesis_fid"]
+        fid = entry["cnn"]["fid"]
+        assert isinstance(fid, float) and math.isfinite(fid) and fid >= 0.0
+        assert entry["cnn"]["ratio"] == fid / entry["thesis_fid"]
     # strong transforms move the statistics more than the sampling noise does
-    assert res["pad_5"]["fid"] > res["test_vs_test"]["fid"]
+    assert res["pad_5"]["cnn"]["fid"] > res["test_vs_test"]["cnn"]["fid"]
 
 
 def test_calibrate_same_seed_same_results(scorer, pools):
     test, train = pools
-    a = calibrate(scorer, test, train, n=50, seed=11)
-    b = calibrate(scorer, test, train, n=50, seed=11)
+    a = calibrate({"cnn": scorer}, test, train, n=50, seed=11)
+    b = calibrate({"cnn": scorer}, test, train, n=50, seed=11)
     assert a == b
-    c = calibrate(scorer, test, train, n=50, seed=12)
-    assert c["test_vs_test"]["fid"] != a["test_vs_test"]["fid"]
+    c = calibrate({"cnn": scorer}, test, train, n=50, seed=12)
+    assert c["test_vs_test"]["cnn"]["fid"] != a["test_vs_test"]["cnn"]["fid"]

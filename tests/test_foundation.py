@@ -312,6 +312,24 @@ def test_each_family_is_a_module_of_its_own_importing_no_other_family():
             assert not any(m.startswith("families") for m in imported), f"{_module_name(path)} imports a family"
 
 
+def test_the_readme_layout_names_what_the_tree_has():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    named, parent = set(), ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        path = line.split()[0]
+        if line.startswith("  "):  # a folder inside the last top-level one
+            path = parent + path
+        else:
+            parent = path
+        named.add(path.rstrip("/"))
+        assert (ROOT / path).exists(), f"README's layout names {path}, which the tree lacks"
+    folders = {p.relative_to(ROOT).as_posix() for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= named, f"README's layout misses {sorted(folders - named)}"
+
+
 def test_the_pipeline_and_cli_do_not_switch_on_a_model_kind_to_sample():
     for path in [*(ROOT / "pipeline").glob("*.py"), PACKAGE / "cli.py", PACKAGE / "families" / "__init__.py"]:
         text = path.read_text()

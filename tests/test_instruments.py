@@ -118,10 +118,10 @@ def test_the_fid_table_shows_both_instruments_side_by_side():
     assert "| 128 | 5.290 ± 0.240 (2) | 2.650 ± 0.150 | — | 6.970 ± 0.250 (2) | 5.300 ± 0.200 | — |" in table
 
 
-def test_the_calibration_table_gains_the_second_instruments_column():
+def test_the_calibration_table_shows_the_mlp_instruments_column():
     torch.manual_seed(2)
     test, train = torch.rand(60, 28, 28), torch.rand(80, 28, 28)
-    results = calibrate(FidScorer(MlpClassifier([16])), test, train, 40, 0, second=FidScorer(MlpClassifier([8])))
-    assert all({"fid_mlp", "ratio_mlp"} <= set(r) for r in results.values())
+    results = calibrate({"cnn": FidScorer(MlpClassifier([16])), "mlp": FidScorer(MlpClassifier([8]))}, test, train, 40, 0)
+    assert all({"cnn", "mlp"} <= set(r) and set(r["mlp"]) == {"fid", "ratio"} for r in results.values())
     text = calibration_markdown(results, 40, "note")
     assert "| MLP instrument's FID | its ratio |" in text and text.count("| — | — |") == 0

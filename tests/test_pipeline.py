@@ -265,7 +265,7 @@ def test_fid_table_stage_renders_a_partial_run(tmp_path):
     assert "| 128 | 5.000 ± 1.000 (3) | — | 1.535 ± 0.080 | not run | — | 2.018 ± 0.122 |" in table  # — : no MLP FID
     assert "No comparison has been scored by both instruments yet." in table
     blur = json.loads((ROOT / "metrics" / "calibration.json").read_text())["rows"]["blur_0.5"]
-    assert f"scores {blur['fid']:.3f} with our classifier and {blur['thesis_fid']:.3f}" in table
+    assert f"scores {blur['cnn']['fid']:.3f} with our classifier and {blur['thesis_fid']:.3f}" in table
     assert (tmp_path / "metrics" / "fid_sets.csv").read_text().count("sarnet_vae_L128") == 3
     wall = json.loads((tmp_path / "metrics" / "wall_time.json").read_text())
     assert wall["stages"]["fid/sarnet_vae_L128"] == 12.5 and wall["stages"]["train/sarnet_vae_L128"] == 600.0

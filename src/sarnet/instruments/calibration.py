@@ -7,7 +7,7 @@ draw, so every row also carries the sampling noise that "test vs test" measures 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,23 +94,24 @@ CALIBRATION_ROWS: tuple[CalibrationRow, ...] = (
 )
 
 
-def calibrate(scorer: FidScorer, test: Images, train: Images, n: int, seed: int,
-              progress: Callable[[str], None] | None = None,
-              second: FidScorer | None = None) -> dict[str, dict[str, float | str]]:
-    """Our FID for every calibration row, beside the thesis's value and the ratio ours/thesis; with
-    `second`, the second instrument's FID of the same two sets (`fid_mlp`) and its ratio."""
-    results: dict[str, dict[str, float | str]] = {}
+def calibrate(instruments: Mapping[str, FidScorer], test: Images, train: Images, n: int, seed: int,
+              progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Every instrument's FID (name -> scorer: `cnn`, `mlp`) for every calibration row, on the same two
+    sets, beside the thesis's value: {row: {"label", "thesis_fid", instrument: {"fid", "ratio" ours/thesis}}}."""
+    if not instruments:
+        raise ValueError("calibrate needs at least one instrument")
+    results: dict[str, dict] = {}
     for i, row in enumerate(CALIBRATION_ROWS):
         rng = np.random.default_rng([seed, i])  # each row its own stream: rows are independent of order
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         set_a, set_b = row.make_sets(rng, gen, test, train, n)
-        fid = scorer.fid(set_a, set_b)
-        results[row.key] = {"label": row.label, "fid": fid, "thesis_fid": row.thesis_fid, "ratio": fid / row.thesis_fid}
-        if second is not None:
-            fid_mlp = second.fid(set_a, set_b)
-            results[row.key] |= {"fid_mlp": fid_mlp, "ratio_mlp": fid_mlp / row.thesis_fid}
+        results[row.key] = {"label": row.label, "thesis_fid": row.thesis_fid}
+        for name, scorer in instruments.items():
+            fid = scorer.fid(set_a, set_b)
+            results[row.key][name] = {"fid": fid, "ratio": fid / row.thesis_fid}
         if progress:
-            progress(f"{row.key}: FID {fid:.4g} (thesis {row.thesis_fid})")
+            first = next(iter(instruments))
+            progress(f"{row.key}: FID {results[row.key][first]['fid']:.4g} (thesis {row.thesis_fid})")
     return results
 
 
@@ -136,7 +137,8 @@ def real_references(scorer: FidScorer, test: Images, train: Images, all_digits_t
     }
 
 
-def calibration_markdown(results: dict[str, dict[str, float | str]], n: int, classifier_note: str) -> str:
+def calibration_markdown(results: dict[str, dict], n: int, classifier_note: str) -> str:
+    """The calibration table: the CNN instrument's FID and ratio, then the MLP instrument's where it scored."""
     lines = [
         "# FID calibration (digit 5)",
         "",
@@ -146,6 +148,6 @@ def calibration_markdown(results: dict[str, dict[str, float | str]], n: int, cla
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results.values():
-        mlp = f"{r['fid_mlp']:.4g} | {r['ratio_mlp']:.3g}" if "fid_mlp" in r else "— | —"
-        lines.append(f"| {r['label']} | {r['fid']:.4g} | {r['thesis_fid']:.4g} | {r['ratio']:.3g} | {mlp} |")
+        mlp = f"{r['mlp']['fid']:.4g} | {r['mlp']['ratio']:.3g}" if "mlp" in r else "— | —"
+        lines.append(f"| {r['label']} | {r['cnn']['fid']:.4g} | {r['thesis_fid']:.4g} | {r['cnn']['ratio']:.3g} | {mlp} |")
     return "\n".join(lines) + "\n"
