@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from sarnet.core.model_files import THESIS_KINDS
 from sarnet.core.params import resolve_models
+from sarnet.families import model_class
 
 PARAMS = yaml.safe_load(Path("params.yaml").read_text())
 DATASETS = PARAMS["prepare"]["datasets"]
@@ -65,7 +67,6 @@ if len(table) != 2 + len(rows):
     problems.append(f"metrics/calibration.md: {len(table)} table lines, expected {2 + len(rows)}")
 
 MODELS = resolve_models(PARAMS)  # every generator of the shared training loop, by name, with its base's settings
-THESIS_KINDS = ("sarnet", "sarnet_vae", "conv_vae")
 BASELINES = {name: entry for name, entry in MODELS.items() if entry["kind"] not in THESIS_KINDS}  # the seeds' generators
 for name, entry in MODELS.items():
     kind = entry["kind"]
@@ -81,8 +82,8 @@ for name, entry in MODELS.items():
     history = list(csv.DictReader(open(f"metrics/train/{name}/history.csv")))
     if len(history) != entry["epochs"]:
         problems.append(f"metrics/train/{name}/history.csv: {len(history)} epochs, params say {entry['epochs']}")
-    grids = [f"metrics/train/{name}/samples.png"] + ([] if kind in ("gan_mlp", "dcgan", "pixelcnn", "pixelrnn_row")
-                                                     else [f"metrics/train/{name}/reconstruction.png"])
+    grids = [f"metrics/train/{name}/samples.png"] + ([f"metrics/train/{name}/reconstruction.png"]
+                                                     if model_class(kind).reconstructs else [])
     if name in BASELINES:
         steps = list(csv.DictReader(open(f"metrics/train/{name}/steps.csv")))
         if not steps or not all(math.isfinite(float(row["train_loss"])) for row in steps):

@@ -56,6 +56,7 @@ def annotate_fid_table(table: str, summary: dict[str, dict], current: dict[str, 
     for model, record in summary.items():
         if model not in dates:
             continue
+        record = record.get("cnn", record) | {"sets": record["sets"]}  # metrics/fid.json before issue 30: flat
         now = current.get(model, {})
         now = now.get("cnn", now)  # the CNN's numbers (records written before issue 30 kept them at the top level)
         newer = (now.get("mean"), now.get("std")) != (record["mean"], record["std"])
@@ -144,7 +145,7 @@ def module_map(root: Path = Path(".")) -> str:
     doc = ast.get_docstring(ast.parse((root / "src" / "sarnet" / "__init__.py").read_text())) or ""
     if "Module map" not in doc:
         sys.exit("error: src/sarnet/__init__.py's docstring has no module map")
-    lines = doc.split("Module map", 1)[1].splitlines()[1:]
+    lines = doc.split("Module map", 1)[1].split(":\n", 1)[1].splitlines()  # the map: after its (wrapped) heading
     return "```\n" + "\n".join(line.rstrip() for line in lines).strip("\n") + "\n```"
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from sarnet.families import load_model
-from sarnet.families import build_model
+from sarnet.core.params import resolve_models
 from sarnet.core.training import seed_everything
+from sarnet.families import build_model, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("pixelcnn", "vqvae", "pixelrnn_row")
@@ -41,9 +41,10 @@ def main() -> None:
     if args.n_naive < 1 or args.n < 1:
         raise SystemExit("error: --n-naive and --n must be >= 1")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    models = resolve_models(params)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    for name in (name for name in args.names if name in params["baselines"]):  # the entries landed so far
-        entry = params["baselines"][name]
+    for name in (name for name in args.names if name in models):
+        entry = models[name]
         settings = params["sampling"][entry["kind"]]
         seed_everything(0)
         if args.models:

@@ -6,7 +6,7 @@ Prints: incremental vs naive sampling (goal ≥ 20×), incremental vs one batche
 pass (goal ≤ 1.5×), images/s for 10,000 images (the reference: 5–8 s per 10k on a GPU), seconds
 per training epoch on the 5,421 training fives, and the fraction of the machine's matmul
 throughput (float32 GEMM) that training reaches. The architecture and the sampling threshold are
-params.yaml's (`sarnet_vae`, `sampling.sarnet_vae`); a --model file brings its own architecture.
+params.yaml's (`models.sarnet_vae_L128`, `sampling.sarnet_vae`); a --model file brings its own architecture.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from sarnet.families import load_model
 from sarnet.core.model_files import SUFFIX
-from sarnet.families.sarnet_vae import SarNetVAE
-from sarnet.families import build_model
+from sarnet.core.params import resolve_models
 from sarnet.core.training import TrainConfig, fit, seed_everything
+from sarnet.families import build_model, load_model
+from sarnet.families.sarnet_vae import SarNetVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT_DIM = 128  # without --model: the thesis's main model, SarNetVAE L = 128
@@ -74,7 +74,7 @@ def main() -> None:
     if args.model:
         model = load_model(args.model, kind="sarnet_vae")
     else:
-        model = build_model("sarnet_vae", params["sarnet_vae"], LATENT_DIM)
+        model = build_model("sarnet_vae", resolve_models(params)[f"sarnet_vae_L{LATENT_DIM}"], LATENT_DIM)
     model.eval()
     latent = model.latent_dim
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; "

@@ -32,10 +32,14 @@ STEP_SCRIPT = r"""
 import json, sys, tempfile
 import torch
 try:
+    from sarnet.core.training import TrainConfig, fit, seed_everything
     from sarnet.families import build_model
-except ImportError:  # a baseline tree from before the registry
-    from sarnet.families import build_model
-from sarnet.core.training import TrainConfig, fit, seed_everything
+except ImportError:  # a baseline tree from before the family modules (issue 30)
+    try:
+        from sarnet.registry import build_model
+    except ImportError:  # ... and from before the registry
+        from sarnet.models import build_model
+    from sarnet.training import TrainConfig, fit, seed_everything
 kind, section, latent, epochs, device = json.loads(sys.argv[1])
 seed_everything(0)
 model = build_model(kind, section, latent)
@@ -70,7 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.epochs < 1:
         sys.exit("error: --rounds and --epochs must be >= 1")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from sarnet.core.params import resolve_models
+
+    models = resolve_models(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    sections = {kind: models[f"{kind}_L{LATENT_DIM}"] for kind in ("sarnet_vae", "conv_vae")}  # Table 4.1's L = 128 rows
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
@@ -84,9 +91,9 @@ def main() -> None:
                 times: dict[str, list[float]] = {"baseline": [], "current": []}
                 for _ in range(args.rounds):
                     for name, src in (("baseline", baseline / "src"), ("current", ROOT / "src")):
-                        times[name].append(time_tree(src, kind, params[kind], args.epochs, args.device))
+                        times[name].append(time_tree(src, kind, sections[kind], args.epochs, args.device))
                 best = {name: min(values) for name, values in times.items()}
-                steps = -(-IMAGES // params[kind]["batch_size"])
+                steps = -(-IMAGES // sections[kind]["batch_size"])
                 print(f"{kind} L = {LATENT_DIM}: baseline {best['baseline']:.2f} s/epoch "
                       f"({1000 * best['baseline'] / steps:.1f} ms/step), current {best['current']:.2f} s/epoch "
                       f"({1000 * best['current'] / steps:.1f} ms/step) -> {best['baseline'] / best['current']:.2f}× faster "

@@ -12,7 +12,7 @@ from sarnet.core.data import dataset_spec
 from sarnet.core.errors import SarnetError
 from sarnet.core.model_files import check_model_name, model_path
 from sarnet.core.params import TABLE_KEYS, read_params_file, resolve_models
-from sarnet.families import FAMILY_OF_KIND
+from sarnet.families import FAMILY_OF_KIND, family_module, model_class
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ def model_spec(*args: str) -> ModelSpec:
     latent = entry.get("latent_dim")
     if latent is not None and (isinstance(latent, bool) or not isinstance(latent, int) or latent < 1):
         raise SarnetError(f"{PARAMS_FILE}: `models.{name}.latent_dim` must be a positive integer, got {latent!r}")
+    if kind != "gen_xgboost":
+        needs_latent = model_class(kind).needs_latent
+        if needs_latent != (latent is not None):
+            raise SarnetError(f"{PARAMS_FILE}: `models.{name}`: a {kind} " + (
+                "needs a `latent_dim`" if needs_latent else f"has no latent dimension (got latent_dim {latent})"))
+        uses = family_module(kind).USES  # dvc.yaml declares the entry's `uses`: it must be the family's
+        if entry.get("uses") != uses:
+            raise SarnetError(f"{PARAMS_FILE}: `models.{name}.uses` must be {uses!r} (what the {kind} family builds on), "
+                              f"got {entry.get('uses')!r}")
     settings = {k: v for k, v in entry.items() if k not in TABLE_KEYS} | {"dataset": entry.get("dataset")}
     missing = [k for k in DATA_KEYS if k not in entry]
     if missing:

@@ -22,9 +22,9 @@ def merge(base, override, where: str = "", bases=None, inherited=()) -> None:
         if where == "models." and isinstance(value, dict) and isinstance(base.get(key), dict):
             merge(base[key], value, f"{name}.", bases, inherited=(bases or {}).get(base[key].get("base"), {}))
             continue
-        if isinstance(value, dict) and isinstance(base[key], dict):
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
             merge(base[key], value, f"{name}.", bases)
-        elif isinstance(value, list) and isinstance(base[key], CommentedSeq):
+        elif isinstance(value, list) and isinstance(base.get(key), CommentedSeq):
             seq = CommentedSeq(value)  # a list keeps the style it had: `[128, 8]` stays on one line
             if base[key].fa.flow_style():
                 seq.fa.set_flow_style()

@@ -2,14 +2,14 @@
 
 from _stage import params, run_name, stage, write_results
 
-from sarnet.instruments.calibration import calibrate, calibration_markdown, real_references
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
-from sarnet.instruments.fid import FidScorer
 from sarnet.core.files import write_text
-from sarnet.instruments.loader import load_instrument
-from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.core.params import check_keys
+from sarnet.instruments.calibration import calibrate, calibration_markdown, real_references
+from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
+from sarnet.instruments.fid import FidScorer
+from sarnet.instruments.loader import load_instrument
 from sarnet.tracking import stage_run
 
 CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_classifier`); "

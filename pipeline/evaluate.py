@@ -17,16 +17,15 @@ from _model_spec import model_spec, xgboost_spec
 from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
 
-from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.errors import ConfigError
-from sarnet.instruments.fid import FidProtocol, FidScorer, FidSets, fid_over_sets
-from sarnet.core.files import save_grid
-from sarnet.core.files import write_json
-from sarnet.families import load_generator
-from sarnet.instruments.loader import load_instrument
+from sarnet.core.files import save_grid, write_json
 from sarnet.core.params import check_int, check_keys
+from sarnet.families import load_generator
+from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
+from sarnet.instruments.fid import FidProtocol, FidScorer, FidSets, fid_over_sets
+from sarnet.instruments.loader import load_instrument
 from sarnet.tracking import log_on_training_run, stage_run
 
 
@@ -50,15 +49,18 @@ def main(*args: str) -> None:
         check_int("evaluate", key, p[key], minimum=0 if key == "seed" else 1)
     if not isinstance(p["sets_by_model"], dict):
         raise ConfigError(f"params.yaml: `evaluate.sets_by_model` must map model names to set counts, got {p['sets_by_model']!r}")
+    known = {*params("models"), "gen_xgboost"}
     for key, value in p["sets_by_model"].items():
+        if key not in known:  # a mistyped name would silently leave its model at `sets`
+            raise ConfigError(f"params.yaml: `evaluate.sets_by_model` names {key!r}, which is no model (see `models`)")
         check_int("evaluate.sets_by_model", str(key), value, minimum=1)
     protocol = FidProtocol(p["n_images"], p["sets_by_model"].get(name, p["sets"]), p["seed"])  # Table 4.1 used more for some
     dataset, digit = spec.params["dataset"], spec.params["digit"]
     prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)
     real_pool, train_pool = to_unit_tensor(prepared.test.images), to_unit_tensor(prepared.train.images)
     device = default_device()
-    instruments = {name: FidScorer(load_instrument(instrument_path(dataset, name), device, name), device=device)
-                   for name in INSTRUMENT_NAMES}  # the first also gives the scores read from its logits
+    instruments = {i: FidScorer(load_instrument(instrument_path(dataset, i), device, i), device=device)
+                   for i in INSTRUMENT_NAMES}  # the first also gives the scores read from its logits
     generator_path = spec.model_path
     _, generate = load_generator(generator_path, params("sampling"), device=device)
     grid_path = f"metrics/fid/samples/{name}.png"

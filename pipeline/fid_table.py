@@ -109,16 +109,16 @@ def main() -> None:
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
-    write_json(OUT / "fid.json", {r.name: {"mean": r.mean, "std": r.std, "sets": r.sets}
-                                  | ({} if r.by("mlp") is None else dict(zip(("mlp_mean", "mlp_std"), r.by("mlp"))))
-                                  for r in rows})
+    write_json(OUT / "fid.json", {r.name: {i: dict(zip(("mean", "std"), r.by(i))) for i in ("cnn", "mlp") if r.by(i)}
+                                  | {"sets": r.sets} for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
                                         "total_hours": round(sum(seconds.values()) / 3600, 3),
                                         "gemm_units": gemm_units, "total_gemm_units": sum(gemm_units.values()),
                                         "stages_without_gemm_time": sorted(set(seconds) - set(gemm_units))})
 
     with stage_run(run_name("fid_table"), params=p) as tracker:
-        tracker.log_metrics({f"fid_mean.{r.name}": r.mean for r in rows} | {f"fid_std.{r.name}": r.std for r in rows})
+        tracker.log_metrics({f"fid_{i}_{stat}.{r.name}": value for r in rows for i in ("cnn", "mlp") if r.by(i)
+                             for stat, value in zip(("mean", "std"), r.by(i))})
         for name in ("fid_table.md", "sarnet_ablation.md", "budgets.md", "fid_sets.csv", "fid_vs_latent.png",
                      "wall_time.json"):
             tracker.log_artifact(OUT / name)

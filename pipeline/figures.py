@@ -12,12 +12,11 @@ from _stage import params, run_name, stage, write_timing
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.errors import ConfigError
-from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
-from sarnet.core.files import save_grid, save_rgb_grid
-from sarnet.core.files import write_json
-from sarnet.families import load_model
+from sarnet.core.files import save_grid, save_rgb_grid, write_json
 from sarnet.core.model_files import SUFFIX
 from sarnet.core.params import check_keys
+from sarnet.explain import importance_figure, inpainting_rows, interpolation_row
+from sarnet.families import load_model
 from sarnet.tracking import stage_run
 
 

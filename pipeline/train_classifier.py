@@ -7,11 +7,11 @@ Usage: python pipeline/train_classifier.py <dataset> [cnn|mlp]
 import torch
 from _stage import params, run_name, stage, write_results
 
-from sarnet.instruments.classifier import INSTRUMENTS, accuracy, build_classifier, classification_loss, instrument_path
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.errors import ConfigError
-from sarnet.tracking import model_reference, stage_run
 from sarnet.core.training import TrainConfig, fit, seed_everything
+from sarnet.instruments.classifier import INSTRUMENTS, accuracy, build_classifier, classification_loss, instrument_path
+from sarnet.tracking import model_reference, stage_run
 
 
 @stage

@@ -20,9 +20,9 @@ from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.files import save_grid
 from sarnet.core.model_files import THESIS_KINDS
 from sarnet.core.params import check_data_keys, check_keys
+from sarnet.core.training import TrainConfig, fit, seed_everything
 from sarnet.families import build_model, model_class
 from sarnet.tracking import model_reference, stage_run
-from sarnet.core.training import TrainConfig, fit, seed_everything
 
 
 @stage

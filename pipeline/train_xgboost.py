@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from sarnet.core.data import load_prepared
 from sarnet.core.files import save_grid
-from sarnet.families.xgboost import GenerativeXGBoost, GenXGBConfig, from_patches, to_patches
 from sarnet.core.params import check_keys
+from sarnet.families.xgboost import GenXGBConfig, GenerativeXGBoost, from_patches, to_patches
 from sarnet.tracking import model_reference, stage_run
 
 MODEL_DIR = "models/gen_xgboost"

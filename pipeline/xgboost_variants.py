@@ -14,16 +14,15 @@ import torch
 from _stage import params, run_name, stage, write_results
 from tqdm import tqdm
 
-from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.errors import ConfigError
-from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.core.files import save_grid
-from sarnet.core.files import write_text
-from sarnet.families.xgboost import GenerativeXGBoost
-from sarnet.instruments.loader import load_instrument
+from sarnet.core.files import save_grid, write_text
 from sarnet.core.params import check_int, check_keys
+from sarnet.families.xgboost import GenerativeXGBoost
+from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
+from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
+from sarnet.instruments.loader import load_instrument
 from sarnet.tracking import stage_run
 
 GENERATION_SWITCHES = ("randomisation", "randomise_rising", "refiner_offset", "alpha", "i_max")

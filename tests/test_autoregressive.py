@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sarnet.families.pixel import PixelCNN, PixelRNN, RowLSTM
-from sarnet.masked.conv import MaskedConv2d, causal_mask, draw_levels
 from sarnet.core.errors import ConfigError
 from sarnet.core.model_files import SUFFIX
 from sarnet.core.training import TrainConfig, fit, seed_everything
+from sarnet.families.pixel import PixelCNN, PixelRNN, RowLSTM
 from sarnet.families.vqvae import GRID, VQVAE, CodePrior, OneHotMaskedConv, PhasedStep, perplexity
+from sarnet.masked.conv import MaskedConv2d, causal_mask, draw_levels
 
 SAMPLING = {"batch_size": 3, "temperature": 1.0}
 

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from sarnet.core.errors import ConfigError, TrainingDiverged
-from sarnet.families.gans import DCGAN, GanMLP
-from sarnet.families import load_model
 from sarnet.core.model_files import SUFFIX, save_model
-from sarnet.families.conv_vae import BetaVAE, ConvVAE
-from sarnet.families import build_model
 from sarnet.core.training import TrainConfig, fit, seed_everything
+from sarnet.families import build_model, load_model
+from sarnet.families.conv_vae import BetaVAE, ConvVAE
+from sarnet.families.gans import DCGAN, GanMLP
 
 GAN_CONFIG = TrainConfig(epochs=2, batch_size=16, lr=2e-4, optimizer="adam", beta1=0.5, seed=7)
 SAMPLING = {"batch_size": 64}

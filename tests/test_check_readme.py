@@ -137,3 +137,8 @@ def test_the_readme_module_map_is_the_package_docstring_s(tmp_path):
     assert check_readme.module_map_block(text, tmp_path) == (text, [])
     drifted = text.replace("models ", "model  ")  # the README's copy drifted from the code's
     assert check_readme.module_map_block(drifted, tmp_path)[1] != []
+    # a heading wrapped over lines is the heading, not part of the map
+    (tmp_path / "src" / "sarnet" / "__init__.py").write_text(
+        '"""The library.\n\nModule map, lower layers first (a long\nheading, wrapped):\n  errors, files   the core\n'
+        '  models          generators\n"""\n')
+    assert check_readme.module_map_block(text, tmp_path) == (text, [])

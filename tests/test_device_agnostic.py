@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from sarnet.explain import importance_figure, inpainting_rows, interpolation_row, pixel_patch_map
 from sarnet.core.files import save_grid, save_rgb_grid
+from sarnet.core.model_files import save_model
+from sarnet.explain import importance_figure, inpainting_rows, interpolation_row, pixel_patch_map
 from sarnet.families.conv_vae import ConvVAE
 from sarnet.families.sarnet import SarNet
 from sarnet.families.sarnet_vae import SarNetVAE
-from sarnet.core.model_files import save_model
 
 HIDDEN = [[2, 14, 2], [2, 28, 4]]
 

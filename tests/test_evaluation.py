@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from sarnet.core.errors import ConfigError, DataError
-from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
-from sarnet.families import load_generator
 from sarnet.core.model_files import check_model_name, model_path, variant_of
+from sarnet.families import load_generator
+from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
 from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
 from reference import SAMPLING
 

@@ -14,17 +14,17 @@ import torch
 import yaml
 
 from stage_imports import ROOT, project_imports
-from sarnet.instruments.classifier import MnistClassifier
 from sarnet.core.errors import ConfigError, DataError
-from sarnet.families.xgboost import GenXGBConfig
-from sarnet.families import FAMILY_OF_KIND, load_model
-from sarnet.instruments.loader import load_instrument
 from sarnet.core.model_files import save_model
+from sarnet.core.params import check_keys
+from sarnet.core.training import TrainConfig
+from sarnet.families import FAMILY_OF_KIND, load_model
 from sarnet.families.conv_vae import ConvVAE
 from sarnet.families.sarnet import SarNet
 from sarnet.families.sarnet_vae import SarNetVAE
-from sarnet.core.params import check_keys
-from sarnet.core.training import TrainConfig
+from sarnet.families.xgboost import GenXGBConfig
+from sarnet.instruments.classifier import MnistClassifier
+from sarnet.instruments.loader import load_instrument
 
 HIDDEN = [[2, 14, 2], [2, 28, 4]]
 
@@ -87,9 +87,24 @@ def test_a_model_stage_depends_on_its_own_family_and_no_other(stages):
 
 
 def test_the_model_table_names_each_entry_s_family_as_the_registry_does():
+    from sarnet.families import family_module
+
     for name, entry in PARAMS["models"].items():
         assert entry["family"] == FAMILY_OF_KIND[entry["kind"]], name
-        assert (ROOT / "src" / "sarnet" / entry["uses"]).is_file(), name
+        assert entry["uses"] == family_module(entry["kind"]).USES, name
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILY_OF_KIND.values()) - {"xgboost"}))
+def test_a_family_s_uses_is_the_one_module_it_builds_on(family):
+    """What dvc.yaml declares through `uses`, checked against the module's own imports."""
+    import importlib
+
+    module = importlib.import_module(f"sarnet.families.{family}")
+    tree = ast.parse((ROOT / "src" / "sarnet" / "families" / f"{family}.py").read_text())
+    masked = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+              and node.module.startswith("sarnet.masked.")}
+    expected = "/".join(masked.pop().split(".")[1:]) + ".py" if len(masked) == 1 else "families/base.py"
+    assert not masked and module.USES == expected
 
 
 def test_the_import_walk_sees_transitive_lazy_and_on_demand_imports():
@@ -188,8 +203,8 @@ MODELS = {
 
 SAVE_IN_FRESH_PROCESS = """
 import sys, torch
-from sarnet.families.sarnet_vae import SarNetVAE
 from sarnet.core.model_files import save_model
+from sarnet.families.sarnet_vae import SarNetVAE
 torch.manual_seed(7)
 save_model(SarNetVAE(8, [[2, 14, 2], [2, 28, 4]], 4), sys.argv[1])
 """

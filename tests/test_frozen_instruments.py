@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
+from sarnet.core.data import load_prepared, prepare_dataset, to_unit_tensor
 from sarnet.instruments.calibration import CALIBRATION_ROWS
 from sarnet.instruments.classifier import INSTRUMENTS, accuracy, instrument_path
-from sarnet.core.data import load_prepared, prepare_dataset, to_unit_tensor
 from sarnet.instruments.fid import FidScorer
 from sarnet.instruments.loader import load_instrument
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from sarnet.core.model_files import save_model
 from sarnet.instruments.calibration import calibrate, calibration_markdown
 from sarnet.instruments.classifier import INSTRUMENTS, MlpClassifier, build_classifier, instrument_path
 from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
 from sarnet.instruments.loader import load_instrument
-from sarnet.core.model_files import save_model
 from sarnet.report import FidRow, agreement, agreement_markdown, fid_table_markdown, separation, spearman
 
 

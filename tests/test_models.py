@@ -10,16 +10,15 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from sarnet.instruments.classifier import MnistClassifier
 from sarnet.core.errors import ConfigError
-from sarnet.families import load_model
-from sarnet.instruments.loader import load_instrument
 from sarnet.core.model_files import SUFFIX, save_model
+from sarnet.families import build_model, load_model
 from sarnet.families.base import vae_loss
 from sarnet.families.conv_vae import ConvVAE
 from sarnet.families.sarnet import SarNet
 from sarnet.families.sarnet_vae import SarNetVAE
-from sarnet.families import build_model
+from sarnet.instruments.classifier import MnistClassifier
+from sarnet.instruments.loader import load_instrument
 from sarnet.masked.semidense import SemiDense
 from reference import HIDDEN, PATCH, SAMPLING, reference_sample, sarnet, spread_vae, unit_patches, vae
 

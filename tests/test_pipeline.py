@@ -180,6 +180,10 @@ BASES = {"b": {"digit": 5}, "empty": {}}
     (("x",), {"x": {**ENTRY, "base": "empty"}}, "`models.x` has no 'digit' (nor has its base)"),
     (("x",), {"x": {**ENTRY, "base": "c"}}, "`models.x.base` must name an entry of `model_bases` (b, empty), got 'c'"),
     (("x",), {"x": [1, 2]}, "`models.x` must be a mapping with a `kind`"),
+    (("x",), {"x": {k: v for k, v in ENTRY.items() if k != "latent_dim"}}, "`models.x`: a beta_vae needs a `latent_dim`"),
+    (("x",), {"x": {**ENTRY, "kind": "dcgan", "family": "gans"}}, "`models.x`: a dcgan has no latent dimension (got latent_dim 8)"),
+    (("x",), {"x": {**ENTRY, "uses": "masked/conv.py"}},
+     "`models.x.uses` must be 'families/base.py' (what the beta_vae family builds on), got 'masked/conv.py'"),
 ])
 def test_a_bad_model_entry_is_one_line_before_any_work(tmp_path, monkeypatch, args, entries, message):
     monkeypatch.chdir(tmp_path)

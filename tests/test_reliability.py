@@ -166,7 +166,7 @@ def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
 
 
 def test_a_data_folder_that_is_a_file_says_so(tmp_path, monkeypatch):
-    from sarnet.core.data import DATA_DIR_ENV, DATASETS, find_raw_dir
+    from sarnet.core.data import DATASETS, DATA_DIR_ENV, find_raw_dir
     from sarnet.core.errors import DataError
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # CI sets it, and it wins over the argument

@@ -10,8 +10,8 @@ from pytorch_msssim import ssim
 
 from reference import SAMPLING, sarnet, unit_patches
 from sarnet.core.errors import ConfigError
-from sarnet.families import load_model
 from sarnet.core.model_files import save_model
+from sarnet.families import load_model
 from sarnet.families.sarnet import SarNet
 from sarnet.report import FidRow, ablation_markdown, describe_variant, fid_table_markdown
 

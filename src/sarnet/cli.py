@@ -246,13 +246,10 @@ def _load(path: str, kinds: tuple[str, ...] | None = None):
     from sarnet.core.model_files import read_description
     from sarnet.families import KINDS, load_model
 
-    kind = read_description(path)["kind"]
-    if kinds is not None and kind not in kinds or kind not in KINDS:
+    kind = read_description(path)["kind"]  # before rebuilding anything: a wrong file is one line
+    if kind not in (kinds or KINDS):
         raise SarnetError(f"{path}: this command needs a {' or '.join(kinds or KINDS)} model, this is a {kind}")
-    model = load_model(path)
-    if kinds is not None and model.kind not in kinds:
-        raise SarnetError(f"{path}: this command needs a {' or '.join(kinds)} model, this is a {model.kind}")
-    return model
+    return load_model(path)
 
 
 def _check_nrow(nrow: int) -> None:
@@ -283,8 +280,7 @@ def _check_outputs(*paths: str | None) -> None:
 def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
     import numpy as np
 
-    from sarnet.core.files import save_grid
-    from sarnet.core.files import atomic_path
+    from sarnet.core.files import atomic_path, save_grid
 
     save_grid(images.reshape(-1, 28, 28), out, nrow=nrow)
     print(f"wrote {out}")
@@ -353,9 +349,8 @@ def _explain(args: argparse.Namespace) -> None:
     import numpy as np
 
     from sarnet.core.data import to_unit_tensor
+    from sarnet.core.files import atomic_path, save_rgb_grid
     from sarnet.explain import check_target_patch, importance_figure, stack_of
-    from sarnet.core.files import save_rgb_grid
-    from sarnet.core.files import atomic_path
 
     _check_outputs(args.out, args.npz)
     model = _load(args.model, ("sarnet_vae", "sarnet"))
@@ -387,8 +382,8 @@ def _interpolate(args: argparse.Namespace) -> None:
     import numpy as np
 
     from sarnet.core.data import to_unit_tensor
-    from sarnet.explain import interpolation_row
     from sarnet.core.files import atomic_path
+    from sarnet.explain import interpolation_row
 
     _check_outputs(args.out, args.npz)
     model = _load(args.model, ("sarnet_vae",))

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE, PIXELS
 from sarnet.core.device import evaluating
-from sarnet.masked.semidense import SemiDenseStack
+from sarnet.core.errors import ConfigError
 from sarnet.families.sarnet import SarNet
 from sarnet.families.sarnet_vae import SarNetVAE
+from sarnet.masked.semidense import SemiDenseStack
 
 # Importance colours, low -> high: blue, yellow, red (piecewise linear; no plotting library needed).
 _COLOUR_STOPS = np.array([[0.15, 0.35, 1.0], [1.0, 0.9, 0.1], [1.0, 0.05, 0.05]])

@@ -227,8 +227,7 @@ def ablation_markdown(settings: Mapping[str, Mapping], train: Mapping[str, Mappi
                       thesis: Mapping[str, float]) -> str:
     """§4.1's two ablations of the simple SarNET as Markdown, each with its verdict against the thesis.
 
-    `settings`: each `sarnet_data` variant's full settings (the `sarnet` section with the entry laid over
-    it); `train`: its training metrics (test_mse, test_l1, final_test_loss) where it ran; `fids`: its FID
+    `settings`: each variant's full settings (its `models` entry over the `sarnet` base), by variant; `train`: its training metrics (test_mse, test_l1, final_test_loss) where it ran; `fids`: its FID
     row; `thesis`: the thesis's test error by variant (MSE for loss_power 2, L1 for loss_power 1).
     Loss table: the variants `thesis` names. Patch table: every L1 + SSIM regression variant, by patch.
     """

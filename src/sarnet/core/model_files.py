@@ -100,7 +100,7 @@ THESIS_KINDS = ("sarnet", "sarnet_vae", "conv_vae", "gen_xgboost")  # the thesis
 
 
 def check_model_name(name: str) -> None:
-    """ConfigError unless `name` is fit for file and stage names: lower-case letters, digits, single underscores."""
+    """ConfigError unless `name` is fit for file and stage names: letters, digits, single underscores."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r}: use letters, digits and single underscores")
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE
 from sarnet.core.device import evaluating
-from sarnet.core.training import TrainConfig
+from sarnet.core.errors import ConfigError
 from sarnet.core.params import check_keys
+from sarnet.core.training import TrainConfig
 
 
 class GenerativeModel(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE, PIXELS
 from sarnet.core.device import evaluating
+from sarnet.core.errors import ConfigError
 from sarnet.families.base import PointMapConvTranspose2d, VAEModel
 
 
@@ -54,4 +54,5 @@ class BetaVAE(ConvVAE):
         self.model_args = {"latent_dim": int(latent_dim), "kl_weight": float(kl_weight)}
 
 
+USES = "families/base.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[VAEModel]] = {cls.kind: cls for cls in (ConvVAE, BetaVAE)}

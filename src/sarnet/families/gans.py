@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE
 from sarnet.core.device import evaluating
-from sarnet.families.base import GenerativeModel
+from sarnet.core.errors import ConfigError
 from sarnet.core.training import TrainConfig, check_finite, make_optimizer
+from sarnet.families.base import GenerativeModel
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -237,4 +237,5 @@ class DCGAN(_GAN):
         return generator, discriminator
 
 
+USES = "families/base.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[GenerativeModel]] = {cls.kind: cls for cls in (GanMLP, DCGAN)}

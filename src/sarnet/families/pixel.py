@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE, PIXELS
 from sarnet.core.device import evaluating
+from sarnet.core.errors import ConfigError
 from sarnet.families.base import GenerativeModel
 from sarnet.masked.conv import MaskedConv2d, PaddedMap, draw_levels
 
@@ -243,4 +243,5 @@ class PixelRNN(_PixelModel):
         return levels
 
 
+USES = "masked/conv.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[GenerativeModel]] = {cls.kind: cls for cls in (PixelCNN, PixelRNN)}

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE, PIXELS
 from sarnet.core.device import evaluating
+from sarnet.core.errors import ConfigError
 from sarnet.families.base import GenerativeModel, loss_precision
 from sarnet.masked.semidense import LayerShape, SemiDenseStack, generate_autoregressive, hidden_shapes, threshold_emit
 
@@ -183,4 +183,5 @@ class SarNet(GenerativeModel):
         return images.view(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
+USES = "masked/semidense.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[GenerativeModel]] = {SarNet.kind: SarNet}

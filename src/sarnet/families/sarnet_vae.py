@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE, PIXELS
+from sarnet.core.errors import ConfigError
 from sarnet.families.base import VAEModel
 from sarnet.masked.semidense import LayerShape, SemiDenseStack, generate_autoregressive, hidden_shapes
 
@@ -59,4 +59,5 @@ class SarNetVAE(VAEModel):
         return out.view(len(images), n_styles, IMAGE_SIZE, IMAGE_SIZE)
 
 
+USES = "masked/semidense.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[VAEModel]] = {SarNetVAE.kind: SarNetVAE}

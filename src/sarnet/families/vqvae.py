@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE
 from sarnet.core.device import evaluating
+from sarnet.core.errors import ConfigError
 from sarnet.core.training import TrainConfig, check_finite
 from sarnet.families.base import GenerativeModel
 from sarnet.masked.conv import MaskedConv2d, PaddedMap, draw_levels
@@ -269,4 +269,5 @@ class VQVAE(GenerativeModel):
         return torch.cat(parts) if parts else torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE)
 
 
+USES = "masked/conv.py"  # the one module this family builds on besides the core and the base (params.yaml's `uses`)
 MODELS: dict[str, type[GenerativeModel]] = {VQVAE.kind: VQVAE}

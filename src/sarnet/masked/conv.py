@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.data import IMAGE_SIZE
+from sarnet.core.errors import ConfigError
 
 
 def causal_mask(k: int, mask_type: str) -> torch.Tensor:

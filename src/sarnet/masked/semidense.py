@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarnet.core.errors import ConfigError
 from sarnet.core.device import evaluating
+from sarnet.core.errors import ConfigError
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": lambda x: x}
 
