@@ -117,6 +117,7 @@ def training_table(text: str) -> tuple[str, list[str]]:
     params = yaml.safe_load(Path("params.yaml").read_text())
     start, end = block(text, "training")
     lines, problems = text[start:end].split("\n"), []
+    models = resolve_models(params)
     for index, line in enumerate(lines):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 7 or not re.fullmatch(r"(sarnet|conv_vae|sarnet_vae)\w*( \(simple\))?", cells[0]):
@@ -130,7 +131,7 @@ def training_table(text: str) -> tuple[str, list[str]]:
         if name not in params["models"]:
             problems.append(f"training block: {model}: no such entry in params.yaml's `models`")
             continue
-        epochs = resolve_models(params)[name]["epochs"]
+        epochs = models[name]["epochs"]
         expected = _row(model, epochs, json.loads(train_path.read_text()), json.loads(timing_path.read_text()), cells[4])
         if line.strip() != expected:
             problems.append(f"training block: {model}: README says\n    {line.strip()}\n  metrics say\n    {expected}")

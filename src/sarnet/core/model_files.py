@@ -93,6 +93,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike, info: dict[str, Any]
     return model
 
 
+
+def rebuild(cls: type[nn.Module], path: str | os.PathLike, info: dict[str, Any],
+            device: torch.device | str | None = None) -> nn.Module:
+    """The model of class `cls` that `info` (read_description(path)) describes, with the file's weights, in
+    eval mode on `device` (default CPU); arguments the class does not take are one line."""
+    try:
+        model = cls(**info["args"])
+    except (TypeError, ConfigError) as exc:
+        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
+    load_weights(model, path, info)
+    return model.to(device or "cpu").eval()
+
 # --- names: where a generator's files are ----------------------------------------------------------
 
 _NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*")

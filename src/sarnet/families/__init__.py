@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sarnet.core.errors import ConfigError, DataError
-from sarnet.core.model_files import load_weights, read_description
+from sarnet.core.model_files import read_description, rebuild
 
 FAMILY_OF_KIND = {"sarnet": "sarnet", "sarnet_vae": "sarnet_vae", "conv_vae": "conv_vae", "beta_vae": "conv_vae",
                   "gan_mlp": "gans", "dcgan": "gans", "pixelcnn": "pixel", "pixelrnn_row": "pixel", "vqvae": "vqvae",
@@ -58,12 +58,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
         raise DataError(f"{path}: a {info['kind']} model file, not a generator (known: {', '.join(KINDS)})")
     if kind is not None and info["kind"] != kind:
         raise DataError(f"{path}: a {info['kind']} model file, expected a {kind}")
-    try:
-        model = model_class(info["kind"])(**info["args"])
-    except (TypeError, ConfigError) as exc:
-        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
-    load_weights(model, path, info)
-    return model.to(device or "cpu").eval()
+    return rebuild(model_class(info["kind"]), path, info, device)
 
 
 def load_generator(path: str | os.PathLike, sampling_params: Mapping[str, Any],

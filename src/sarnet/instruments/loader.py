@@ -7,8 +7,8 @@ import os
 import torch
 from torch import nn
 
-from sarnet.core.errors import ConfigError, DataError
-from sarnet.core.model_files import load_weights, read_description
+from sarnet.core.errors import DataError
+from sarnet.core.model_files import read_description, rebuild
 from sarnet.instruments.classifier import INSTRUMENTS
 
 INSTRUMENT_CLASSES: dict[str, type[nn.Module]] = {cls.kind: cls for cls in INSTRUMENTS.values()}
@@ -24,9 +24,4 @@ def load_instrument(path: str | os.PathLike, device: torch.device | str | None =
     cls = INSTRUMENT_CLASSES[info["kind"]]
     if instrument is not None and cls.instrument != instrument:
         raise DataError(f"{path}: the {cls.instrument} instrument's file, expected the {instrument} instrument's")
-    try:
-        model = cls(**info["args"])
-    except (TypeError, ConfigError) as exc:
-        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
-    load_weights(model, path, info)
-    return model.to(device or "cpu").eval()
+    return rebuild(cls, path, info, device)
