@@ -30,6 +30,38 @@ def reference_sample(decoder, z: torch.Tensor, threshold: float) -> torch.Tensor
     return img.view(-1, 28, 28)
 
 
+def reference_noise_sample(model, n: int, seed: int, alpha_max: float, p_earlier: float, threshold: float,
+                           refine: bool) -> torch.Tensor:
+    """docs/protocol.md "Sampling" (thesis §3.3), the simple SarNET's noise sampler as a plain loop over
+    patches and images, drawing from one torch generator in this order: α (n, 1) = α_max·U[0,1];
+    |N(0,1)| (n, 784); then at each step i = 0..47 one U[0,1] per (image, patch). At step i, input patch i
+    and each earlier patch whose draw is < p_earlier get α·|N|; the model runs on the noisy copy; output
+    patch i+1 is written, < threshold → 0, > 1 → 1. Then, with `refine`, one clean pass of the whole image."""
+    g = torch.Generator().manual_seed(seed)
+    patch = torch.tensor(unit_patches())
+    n_patches = int(patch.max()) + 1
+    alpha = alpha_max * torch.rand(n, 1, generator=g)
+    noise = alpha * torch.randn(n, 784, generator=g).abs()
+
+    def clean(values):
+        return torch.where(values < threshold, torch.zeros_like(values), values).clamp(max=1.0)
+
+    img = torch.zeros(n, 784)
+    with torch.no_grad():
+        for i in range(n_patches - 1):
+            earlier = torch.rand(n, n_patches, generator=g) < p_earlier
+            noisy = img.clone()
+            for b in range(n):
+                for q in range(i + 1):
+                    if q == i or earlier[b, q]:
+                        noisy[b, patch == q] += noise[b, patch == q]
+            out = model(noisy)
+            img[:, patch == i + 1] = clean(out[:, patch == i + 1])
+        if refine:
+            img = clean(model(img))
+    return img.view(n, 28, 28)
+
+
 # ---------------------------------------------------------------- the thesis architecture and sampling settings
 
 HIDDEN = [[2, 14, 2], [2, 28, 4]]  # params.yaml `hidden` of sarnet and sarnet_vae

@@ -220,6 +220,59 @@ def test_calibrate_structure(scorer, pools):
     assert res["pad_5"]["cnn"]["fid"] > res["test_vs_test"]["cnn"]["fid"]
 
 
+def naive_column_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each pixel the sampled Gaussian's weighted sum of its column's pixels, black outside the image."""
+    w = sampled_gaussian(sigma)
+    r = (len(w) - 1) // 2
+    x = images.double()
+    out = torch.zeros_like(x)
+    for k in range(-r, r + 1):  # out[y] += w[k] · x[y - k]
+        shifted = torch.zeros_like(x)
+        if k >= 0:
+            shifted[:, k:, :] = x[:, : 28 - k, :]
+        else:
+            shifted[:, :k, :] = x[:, -k:, :]
+        out += float(w[k + r]) * shifted
+    return out.float()
+
+
+def _row_sets_from_their_names(key, rng, gen, test, train, n):
+    """The two sets each row's label names, written out here from the label alone (docs/protocol.md
+    "Calibration"): draws with replacement from the test pool unless the label says otherwise; a
+    transformed set is the transform of a second, independent draw."""
+    def draw(pool, p=None):
+        return pool[torch.from_numpy(rng.choice(len(pool), size=n, replace=True, p=p))]
+
+    if key == "test_vs_test":
+        return draw(test), draw(test)
+    if key == "train_vs_train":
+        return (train[torch.from_numpy(rng.choice(len(train), size=n, replace=False))],
+                train[torch.from_numpy(rng.choice(len(train), size=n, replace=False))])
+    if key == "biased_draw":
+        weights = np.array([1.5] * (len(test) // 2) + [1.0] * (len(test) - len(test) // 2))
+        return draw(test), draw(test, weights / weights.sum())
+    a, b = draw(test), draw(test)
+    name, value = key.rsplit("_", 1)
+    transform = {"blur": lambda x: naive_column_blur(x, float(value)),
+                 "pad": lambda x: pad_and_resize(x, int(value)),
+                 "perspective": lambda x: random_perspective(x, float(value), gen)}[name]
+    return a, transform(b)
+
+
+def test_every_calibration_row_is_the_fid_of_the_transform_it_names(scorer, pools):
+    """The blur σ = 0.5 row sets the README's whole FID scale: each row's FID must be the FID of the sets
+    its label names (the transform and its parameter), drawn from the row's own streams."""
+    test, train = pools
+    res = calibrate({"cnn": scorer}, test, train, n=50, seed=3)
+    fids = {}
+    for i, row in enumerate(CALIBRATION_ROWS):
+        rng, gen = np.random.default_rng([3, i]), torch.Generator().manual_seed(3 * 1000 + i)
+        expected = scorer.fid(*_row_sets_from_their_names(row.key, rng, gen, test, train, 50))
+        assert res[row.key]["cnn"]["fid"] == pytest.approx(expected, rel=1e-4), row.key
+        fids[row.key] = expected
+    assert len(set(fids.values())) == len(fids)  # no two rows measure the same thing
+
+
 def test_calibrate_same_seed_same_results(scorer, pools):
     test, train = pools
     a = calibrate({"cnn": scorer}, test, train, n=50, seed=11)

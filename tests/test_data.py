@@ -27,6 +27,7 @@ from sarnet.core.data import (
     read_idx_bytes,
 )
 from sarnet.core.errors import DataError
+from data_dir import DATA_DIR, needs_data
 
 
 # --------------------------------------------------------------------------- helpers
@@ -352,10 +353,8 @@ def test_unknown_dataset(tmp_path):
 
 # --------------------------------------------------------------------------- real data
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED_DATA.is_dir():
-    SHARED_DATA = Path("/work/shared/data")
-needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="offline MNIST copies not available")
+SHARED_DATA = DATA_DIR
+needs_real_data = needs_data
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

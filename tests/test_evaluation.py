@@ -6,6 +6,7 @@ computed here, and the table's numbers read back from the rendered text.
 
 from __future__ import annotations
 
+import copy
 import csv
 import re
 
@@ -18,6 +19,7 @@ from torch import nn
 from sarnet.core.errors import ConfigError, DataError
 from sarnet.core.model_files import check_model_name, model_path, variant_of
 from sarnet.families import load_generator
+from sarnet.instruments.classifier import MlpClassifier
 from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
 from sarnet.report import FidRow, fid_table_markdown, plot_fid_vs_latent, write_latent_csv, write_sets_csv
 from reference import SAMPLING
@@ -52,19 +54,23 @@ def textbook_fid(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2))))
 
 
-def test_each_set_matches_the_textbook_fid_of_its_own_draws(pool):
+def test_each_set_matches_the_textbook_fid_of_its_own_draws_on_both_instruments(pool):
+    """Every instrument's FID of a set: the textbook formula (scipy's sqrtm) on that instrument's logits of
+    the set against the logits of that set's own real draw, for the CNN stand-in and the real MLP class."""
     protocol = FidProtocol(n_images=200, sets=3, seed=7)
-    scorer = FidScorer(LinearFeatures())
-    result = fid_over_sets(noise_generator, {"cnn": scorer}, pool, protocol)
-    assert len(result.fids["cnn"]) == 3
-    model = LinearFeatures().double()
-    for index, fid in enumerate(result.fids["cnn"]):
+    torch.manual_seed(8)
+    mlp = MlpClassifier([32, 16]).eval()
+    result = fid_over_sets(noise_generator, {"cnn": FidScorer(LinearFeatures()), "mlp": FidScorer(mlp)}, pool, protocol)
+    assert len(result.fids["cnn"]) == len(result.fids["mlp"]) == 3
+    models = {"cnn": LinearFeatures().double(), "mlp": copy.deepcopy(mlp).double()}
+    for index in range(3):
         rng, seed = protocol.set_seeds(index)
-        real = pool[rng.integers(0, len(pool), 200)].double() * 2 - 1
-        fake = noise_generator(200, seed).double() * 2 - 1
-        with torch.no_grad():
-            expected = textbook_fid(model(fake).numpy(), model(real).numpy())
-        assert fid == pytest.approx(expected, rel=1e-4)
+        real = pool[rng.integers(0, len(pool), 200)].double().unsqueeze(1) * 2 - 1
+        fake = noise_generator(200, seed).double().unsqueeze(1) * 2 - 1
+        for name, model in models.items():
+            with torch.no_grad():
+                expected = textbook_fid(model(fake).numpy(), model(real).numpy())
+            assert result.fids[name][index] == pytest.approx(expected, rel=1e-4), (name, index)
 
 
 def test_sets_differ_and_reruns_are_identical(pool):

@@ -240,7 +240,8 @@ def test_bad_model_files_give_one_clear_line(tmp_path):
     good = tmp_path / "vae.safetensors"
     save_model(SarNetVAE(8, HIDDEN, 4), good)
     cases = {
-        "truncated": (good.read_bytes()[: len(good.read_bytes()) // 2], "unreadable model file"),
+        "truncated": (good.read_bytes()[: len(good.read_bytes()) // 2], "MiB of weights, but the file holds"),  # issue 31
+        "cut": (good.read_bytes()[:-4], "unreadable model file"),  # too short by less than the weights' size check sees
         "empty": (b"", "not a sarnet model file"),
         "pickle": (None, "not a sarnet model file"),
         "text": (b"hello, I am not a model\n", "not a sarnet model file"),
@@ -262,6 +263,112 @@ def test_bad_model_files_give_one_clear_line(tmp_path):
         load_model(tmp_path / "cnn.safetensors")
     with pytest.raises(DataError, match="no such model file"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def _forged(path, kind, args):
+    """A 200-byte safetensors file whose sarnet metadata describes a `kind` built from `args` (issue 31)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sarnet.core.model_files import FORMAT, META_KEY
+
+    save_file({"w": torch.zeros(2)}, str(path), metadata={META_KEY: json.dumps({"format": FORMAT, "kind": kind, "args": args})})
+    return path
+
+
+VQ = {"code_dim": 16, "codebook_size": 64, "commitment": 0.25, "prior_channels": 64, "ae_epochs": 1, "ae_lr_decay": 0.5,
+      "prior_lr": 0.001}
+HOSTILE_ARGS = {  # every generator family and both instruments, asking for far more than the file holds
+    "sarnet": {"hidden": [[10**9, 14, 2], [2, 28, 4]], "patch": 4, "classes": 0, "loss_power": 1.0, "ssim": True},
+    "sarnet_vae": {"latent_dim": 10**9, "hidden": HIDDEN, "patch": 4},
+    "conv_vae": {"latent_dim": 10**9},
+    "beta_vae": {"latent_dim": 10**9, "kl_weight": 2.0},
+    "gan_mlp": {"noise_dim": 10**9},
+    "dcgan": {"arch": "tf_tutorial", "noise_dim": 100, "width": 16 * 10**6},
+    "pixelcnn": {"channels": 2048, "blocks": 1, "levels": 4},  # their sizes are capped at 4096: MBs, not TBs
+    "pixelrnn_row": {"hidden": 2048, "layers": 1, "levels": 4},
+    "vqvae": VQ | {"codebook_size": 10**9},
+    "classifier": {"channels": [10**6], "hidden": 10**6, "dropout": 0.1},
+    "mlp_classifier": {"hidden": [10**9]},
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE_ARGS)
+def test_a_model_file_asking_for_more_than_it_holds_is_refused_before_allocating(kind, tmp_path):
+    path = _forged(tmp_path / "m.safetensors", kind, HOSTILE_ARGS[kind])
+    load = load_instrument if kind.endswith("classifier") else load_model
+    with pytest.raises(DataError, match=r"m\.safetensors: the \w+ it describes needs [\d.]+ [KMGT]iB of weights, "
+                                        r"but the file holds \d+ bytes") as info:
+        load(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind, args, message", [
+    ("pixelcnn", {"channels": 8, "blocks": 4097, "levels": 4}, "blocks must be an integer in 1..4096, got 4097"),
+    ("pixelrnn_row", {"hidden": 8, "layers": 4097, "levels": 4}, "layers must be an integer in 1..4096, got 4097"),
+    ("sarnet_vae", {"latent_dim": 2, "hidden": [[1, 7, 1]] * 65, "patch": 4}, "hidden: at most 64 layers, got 65"),
+    ("classifier", {"channels": [1] * 5, "hidden": 2, "dropout": 0.1}, "at most 4 conv blocks, got 5"),
+    ("mlp_classifier", {"hidden": [1] * 65}, "at most 64 hidden layers, got 65"),
+    ("conv_vae", {"latent_dim": 10**30}, "cannot rebuild the conv_vae it describes"),
+])
+def test_layer_counts_a_file_asks_for_are_bounded_before_building(kind, args, message, tmp_path):
+    """Counts that are Python loops in a constructor (blocks, layer lists) are bounded there: sizing on the
+    meta device would still build every module."""
+    path = _forged(tmp_path / "m.safetensors", kind, args)
+    with pytest.raises(DataError, match=re.escape(message)):
+        (load_instrument if kind.endswith("classifier") else load_model)(path)
+
+
+def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    cases = {tmp_path / "fifo": "not a regular file (a FIFO)", Path("/dev/zero"): "not a regular file (a character device)",
+             tmp_path / "loop_a": "cannot open the model file (a symlink loop)", tmp_path: "not a regular file (a directory)"}
+    for path, message in cases.items():
+        errors = []
+        worker = threading.Thread(target=lambda: errors.append(pytest.raises(DataError, load_model, path).value), daemon=True)
+        worker.start()
+        worker.join(timeout=20)  # a FIFO must not wait for a writer
+        assert not worker.is_alive(), f"{path} blocked"
+        assert message in str(errors[0]) and str(path) in str(errors[0]), str(errors[0])
+
+
+def test_params_refuse_a_key_given_twice_naming_it_and_its_lines(tmp_path):
+    from sarnet.core.params import read_params_file
+
+    text = (ROOT / "params.yaml").read_text()
+    entry = "  conv_vae_L8: {kind: conv_vae"
+    assert text.count(entry) == 1
+    text = text.replace(entry, "  conv_vae_L16: {kind: conv_vae, family: conv_vae, latent_dim: 99, base: conv_vae}\n" + entry)
+    (tmp_path / "params.yaml").write_text(text)
+    first, second = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith("  conv_vae_L16:")]
+    with pytest.raises(ConfigError) as info:
+        read_params_file(tmp_path / "params.yaml", hint="")
+    assert str(info.value) == (f"{tmp_path / 'params.yaml'}: duplicate key 'conv_vae_L16' on line {second} (first on line "
+                               f"{first}); YAML would silently keep the last")
+    (tmp_path / "merge.yaml").write_text("base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  x: 3\n")  # overriding a merged key is no duplicate
+    assert read_params_file(tmp_path / "merge.yaml", hint="") == {"base": {"x": 1, "y": 2}, "m": {"x": 3, "y": 2}}
+    assert read_params_file(ROOT / "params.yaml", hint="") == PARAMS
+
+
+def test_latent_sizes_and_counts_have_upper_bounds():
+    from sarnet.core.params import MAX_LATENT_DIM, check_int, check_latent_dim
+
+    for value in (None, 1, 128, MAX_LATENT_DIM):
+        check_latent_dim("models.x", value)
+    with pytest.raises(ConfigError, match=r"^params.yaml: `models.x.latent_dim` must be <= 4,096, got 1,000,000,000$"):
+        check_latent_dim("models.x", 10**9)
+    with pytest.raises(ConfigError, match="`models.x.latent_dim` must be a positive integer, got 0"):
+        check_latent_dim("models.x", 0)
+    with pytest.raises(ConfigError, match="`evaluate.n_images` must be <= 10, got 11"):
+        check_int("evaluate", "n_images", 11, minimum=1, maximum=10)
+    for entry in PARAMS["models"].values():  # the bounds leave every model of the table in range
+        check_latent_dim("models", entry.get("latent_dim"))
 
 
 # -- 5. layers visible in the imports ----------------------------------------------------------
@@ -398,6 +505,9 @@ def test_damaged_or_diverged_weights_are_refused_not_sampled(tmp_path):
     ("train_model.py", ["conv_vae_L7"], None, None, None, "no model 'conv_vae_L7' under `models`"),
     ("evaluate.py", ["conv_vae_L8"], "evaluate", "sets_by_model", "three", "`evaluate.sets_by_model` must map"),
     ("evaluate.py", ["conv_vae_L8"], "evaluate", "sets", 0, "`evaluate.sets` must be >= 1, got 0"),
+    ("evaluate.py", ["conv_vae_L8"], "evaluate", "n_images", 10**9, "`evaluate.n_images` must be <= 100,000, got 1,000,000,000"),
+    ("evaluate.py", ["conv_vae_L8"], "evaluate", "sets", 10**6, "`evaluate.sets` must be <= 1,000, got 1,000,000"),
+    ("calibrate.py", [], "calibrate", "n_images", 10**9, "`calibrate.n_images` must be <= 100,000, got 1,000,000,000"),
 ])
 def test_params_of_the_wrong_type_or_range_are_refused_before_any_work(script, args, section, key, value, message, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -439,3 +549,16 @@ def test_names_from_params_reach_the_shell_quoted(tmp_path, stages):
     subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={"PATH": f"{shim}:/usr/bin:/bin"}, check=True, timeout=30)
     assert (shim / "args").read_text().splitlines() == ["pipeline/prepare.py", "fashion$(touch pwned)`touch pwned2`"]
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+def test_the_tests_thesis_settings_are_params_yamls():
+    """tests/reference.py writes the thesis architecture and sampling settings out, so tests do not read
+    params.yaml; they must still be params.yaml's, or the tests check another model than the pipeline's."""
+    import reference
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for base in ("sarnet", "sarnet_vae"):
+        assert params["model_bases"][base]["hidden"] == reference.HIDDEN, base
+        assert params["model_bases"][base]["patch"] == reference.PATCH, base
+    for kind, settings in reference.SAMPLING.items():
+        assert params["sampling"][kind] == settings, kind

@@ -16,10 +16,9 @@ from sarnet.instruments.calibration import CALIBRATION_ROWS
 from sarnet.instruments.classifier import INSTRUMENTS, accuracy, instrument_path
 from sarnet.instruments.fid import FidScorer
 from sarnet.instruments.loader import load_instrument
+from data_dir import DATA_DIR, needs_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("SARNET_DATA_DIR") or ROOT.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mnist").is_dir(), reason=f"offline data not found under {DATA_DIR} (SARNET_DATA_DIR)")
 INSTRUMENT_FILES = [(dataset, instrument) for dataset in ("mnist", "fashion") for instrument in ("cnn", "mlp")]
 
 

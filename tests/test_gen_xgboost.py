@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
+from data_dir import DATA_DIR, HAS_DATA
 from sarnet.core.errors import ConfigError
 from sarnet.families.xgboost import (GenerativeXGBoost, GenXGBConfig, feature_table, from_patches, patch_permutation,
                                 predictor_width, to_patches)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 # A complete configuration (GenXGBConfig has no defaults): the thesis's model with 256 histogram bins.
 BASE = dict(patch=2, predictor_trees=50, predictor_depth=7, refiner_trees=40, refiner_depth=6, learning_rate=0.3,
@@ -27,16 +27,13 @@ def config(**overrides):
     return GenXGBConfig(**(BASE | overrides))
 
 
-def real_or_synthetic_images(n=300):
-    """MNIST test images when the offline copy is there, else smooth random blobs."""
-    if SHARED.is_file():
-        import gzip
-        raw = gzip.decompress(SHARED.read_bytes())
-        return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n].astype(np.float32) / 255.0
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:28, :28]
-    centres = rng.uniform(8, 20, (n, 2))
-    return np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 20).astype(np.float32)
+def mnist_images(n=300):
+    """The first n MNIST test images (no stand-in: a model fitted to blobs would hide what real digits show)."""
+    import gzip
+    if not HAS_DATA:
+        pytest.skip(f"offline MNIST not found under {DATA_DIR} (set SARNET_DATA_DIR)")
+    raw = gzip.decompress((DATA_DIR / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n].astype(np.float32) / 255.0
 
 
 def test_permutation_matches_thesis_layout():
@@ -49,7 +46,7 @@ def test_permutation_matches_thesis_layout():
 
 @pytest.mark.parametrize("patch", [1, 2, 4, 7, 14])
 def test_patches_round_trip_on_real_images(patch):
-    images = real_or_synthetic_images(50)
+    images = mnist_images(50)
     patches = to_patches(images, patch)
     assert patches.shape == (50, (28 // patch) ** 2, patch * patch)
     np.testing.assert_array_equal(from_patches(patches, patch), images)
@@ -62,7 +59,7 @@ def test_patches_round_trip_on_real_images(patch):
 
 
 def test_features_of_patch_i_are_pixels_and_means_of_earlier_patches():
-    images = real_or_synthetic_images(5)
+    images = mnist_images(5)
     patches = to_patches(images, 2)
     table = feature_table(patches)
     i = 37
@@ -75,13 +72,13 @@ def test_features_of_patch_i_are_pixels_and_means_of_earlier_patches():
 def small_model():
     model = GenerativeXGBoost(config(patch=7, predictor_trees=4, predictor_depth=3, refiner_trees=3, refiner_depth=2,
                                      seed=3, i_max=10))
-    model.fit(real_or_synthetic_images())
+    model.fit(mnist_images())
     return model
 
 
 def test_prediction_for_patch_i_ignores_patches_at_or_after_i(small_model):
     """Reconstruction from the first k patches must not depend on what the input held at patches >= k."""
-    images = real_or_synthetic_images(20)
+    images = mnist_images(20)
     keep = 6
     other = to_patches(images.copy(), 7)
     other[:, keep:] = np.random.default_rng(1).random(other[:, keep:].shape)
@@ -95,7 +92,7 @@ def test_prediction_for_patch_i_ignores_patches_at_or_after_i(small_model):
 
 
 def test_reconstruction_keeps_given_patches(small_model):
-    images = real_or_synthetic_images(8)
+    images = mnist_images(8)
     out = small_model.reconstruct(images, 5)
     np.testing.assert_array_equal(to_patches(out, 7)[:, :5], to_patches(images, 7)[:, :5])
     assert out.min() >= 0 and out.max() <= 1
@@ -108,8 +105,14 @@ def test_same_seed_same_images(small_model):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.shape == (64, 28, 28) and a.min() >= 0 and a.max() <= 1
-    # batching does not change the images
-    np.testing.assert_array_equal(small_model.generate(64, 5, {"batch_size": 64}), a)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_the_images_do_not_depend_on_the_batch_size(small_model, batch_size):
+    """An FID set is 10,000 images drawn in batches: with n > batch_size, each image is still the one
+    that a single batch of all n gives (the FID must not depend on `sampling.gen_xgboost.batch_size`)."""
+    whole = small_model.generate(40, 5, {"batch_size": 10_000})
+    np.testing.assert_array_equal(small_model.generate(40, 5, {"batch_size": batch_size}), whole)
 
 
 def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp_path):
@@ -120,7 +123,7 @@ def test_save_and_load_in_xgboost_format_gives_same_predictions(small_model, tmp
     assert all(f.endswith(".ubj") or f == "config.json" for f in files)
     assert (tmp_path / "predictor_001.ubj").read_bytes()[:1] == b"{"  # UBJSON object, not a pickle
     loaded = GenerativeXGBoost.load(tmp_path)
-    images = real_or_synthetic_images(10)
+    images = mnist_images(10)
     np.testing.assert_array_equal(loaded.reconstruct(images, 3), small_model.reconstruct(images, 3))
     np.testing.assert_array_equal(loaded.generate(10, 1, SETTINGS), small_model.generate(10, 1, SETTINGS))
 
@@ -182,7 +185,7 @@ def test_an_interrupted_fit_stops_after_the_models_in_training(tmp_path):
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            model.fit(real_or_synthetic_images(50), progress=progress)
+            model.fit(mnist_images(50), progress=progress)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(trained) < 10  # the models already running when the signal came, not all 391 (195 before the fix)

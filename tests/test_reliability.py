@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sarnet.tracking import PARENT_RUN_ENV, tracking_uri
+from data_dir import DATA_DIR, HAS_DATA
 
 # A stand-in for `dvc repro`: starts a long "stage" (as dvc does) that records its pid, then waits for it.
 FAKE_DVC = """#!{python}
@@ -194,11 +195,11 @@ def test_a_stage_that_cannot_write_its_output_says_so_in_one_line(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    if not (root.parent / "shared" / "data").is_dir():
-        pytest.skip("offline MNIST copies not available")
+    if not HAS_DATA:
+        pytest.skip(f"offline MNIST not found under {DATA_DIR} (set SARNET_DATA_DIR)")
     (tmp_path / "params.yaml").write_text("prepare: {datasets: [mnist], data_dir: null, download_dir: data/raw}\n")
     (tmp_path / "data").write_text("")  # data/prepared/ can never be created below a file
-    env = os.environ | {"SARNET_DATA_DIR": str(root.parent / "shared" / "data")}
+    env = os.environ | {"SARNET_DATA_DIR": str(DATA_DIR)}
     result = subprocess.run([sys.executable, str(root / "pipeline" / "prepare.py"), "mnist"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr

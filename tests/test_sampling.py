@@ -10,7 +10,7 @@ import torch
 
 from sarnet.core.errors import ConfigError
 from sarnet.masked.semidense import generate_autoregressive
-from reference import SAMPLING, reference_sample, sarnet, spread_vae, unit_patches
+from reference import SAMPLING, reference_noise_sample, reference_sample, sarnet, spread_vae, unit_patches
 
 THRESHOLD = SAMPLING["sarnet_vae"]["threshold"]  # 0.105
 INPAINT = {k: SAMPLING["inpaint"][k] for k in ("z_scale", "threshold")}  # threshold 0.15
@@ -160,6 +160,16 @@ def test_noise_sampler_shape_values_reproducible(regression_sarnet):
     assert (a == 0).any() and (a == 1).any() and ((a > 0.15) & (a < 1)).any(), "fixture should exercise every branch"
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_noise_sampler_equals_a_plain_patch_by_patch_loop(regression_sarnet, refine):
+    """The sampler behind Table 4.1's simple SarNET row against reference.py's loop over patches and images."""
+    settings = NOISE | {"refine": refine}
+    images = regression_sarnet.sample_noise(6, gen(16), **settings)
+    expected = reference_noise_sample(regression_sarnet, 6, 16, **settings)
+    assert ((expected > 0.15) & (expected < 1)).any()  # the loop's images are not all black or white
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
 
 
 def test_noise_sampler_refine_is_one_clean_pass(regression_sarnet):

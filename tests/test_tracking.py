@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sarnet.tracking import flatten, project_root, stage_run, tracking_uri
+from data_dir import DATA_DIR, needs_data
 
 
 def test_default_store_is_sqlite_in_project_root(isolated_store):
@@ -317,11 +318,10 @@ def test_failed_repro_does_not_push(isolated_store, monkeypatch):
     assert (isolated_store / "dvc_calls").read_text().splitlines() == ["repro"]
 
 
-DATA_DIR = Path(os.environ.get("SARNET_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not (DATA_DIR / "mnist").is_dir(), reason=f"offline MNIST not found under {DATA_DIR} (SARNET_DATA_DIR)")
+@needs_data
 def test_a_stage_writes_the_same_bytes_with_tracking_on_unreachable_or_not_installed(tmp_path):
     """Why src/sarnet/tracking.py is no stage's dependency (docs/staleness.md): an instrument's training
     stage, run with a working store, with the store unreachable and without the mlflow package, writes

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from data_dir import DATA_DIR, needs_data
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-if not SHARED_DATA.is_dir():
-    SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = DATA_DIR
 
 
 def _free_port() -> int:
@@ -61,7 +61,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=60)
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="offline MNIST copies not available")
+@needs_data
 def test_a_stage_logs_to_an_mlflow_server_and_the_run_reads_back_over_http(mlflow_server, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     project = tmp_path / "project"

@@ -91,25 +91,53 @@ class KillAfterEpoch:
             raise StopAfter
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+class CountingLoss:
+    """mse, counting the training batches it sees (the model in train mode): how many epochs really ran."""
+
+    def __init__(self):
+        self.training_batches = 0
+
+    def __call__(self, model, batch):
+        self.training_batches += model.training
+        return mse(model, batch)
+
+
+BATCHES_PER_EPOCH = 96 // 16
+
+
+def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path):
     full, full_hist = run(tmp_path, "full")
     with pytest.raises(StopAfter):
         run(tmp_path, "resumed", logger=KillAfterEpoch(2))
     assert (tmp_path / "resumed.ckpt").exists()
     assert not final(tmp_path, "resumed").exists()
-    resumed, resumed_hist = run(tmp_path, "resumed")  # same command again
+    # Other starting weights and another global RNG state: only the checkpoint can make the two runs meet.
+    resumed, counting = make_model(seed=99), CountingLoss()
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.parameters(), make_model().parameters()))
+    resumed_hist = fit(resumed, counting, regression_data(), CONFIG, tmp_path / "resumed.ckpt", final(tmp_path, "resumed"),
+                       test_data=regression_data(seed=1), progress=False, device=torch.device("cpu"))
+    assert counting.training_batches == 2 * BATCHES_PER_EPOCH  # epochs 3 and 4 only
     assert [r.epoch for r in resumed_hist] == [1, 2, 3, 4]
-    for pa, pb in zip(full.parameters(), resumed.parameters()):
-        assert torch.allclose(pa, pb, atol=1e-6)
-    assert resumed_hist[-1].train_loss == pytest.approx(full_hist[-1].train_loss, rel=1e-5)
+    for pa, pb in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(pa, pb)  # bit for bit, as docs/reliability.md promises
+    assert [r.train_loss for r in resumed_hist] == [r.train_loss for r in full_hist]
 
 
-def test_checkpoint_of_other_config_is_not_resumed(tmp_path):
+def test_checkpoint_of_other_config_is_not_resumed(tmp_path, capsys):
     with pytest.raises(StopAfter):
         run(tmp_path, "x", logger=KillAfterEpoch(1))
     other = TrainConfig(epochs=2, batch_size=16, lr=0.02, optimizer="sgd", seed=3)
-    _, history = run(tmp_path, "x", config=other)
+    counting = CountingLoss()
+    model = make_model()
+    history = fit(model, counting, regression_data(), other, tmp_path / "x.ckpt", final(tmp_path, "x"),
+                  test_data=regression_data(seed=1), progress=False, device=torch.device("cpu"))
+    assert counting.training_batches == 2 * BATCHES_PER_EPOCH  # both epochs trained: nothing resumed
     assert [r.epoch for r in history] == [1, 2]
+    assert (tmp_path / "x.ckpt.stale").exists() and "another run" in capsys.readouterr().err
+    (tmp_path / "fresh").mkdir()
+    fresh, _ = run(tmp_path / "fresh", "x", config=other)
+    for pa, pb in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
 
 
 def test_nan_loss_stops_clearly_and_keeps_last_good_checkpoint(tmp_path):

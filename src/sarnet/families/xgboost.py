@@ -128,6 +128,21 @@ def predictor_width(i: int, patch_pixels: int) -> int:
     return i * (patch_pixels + 1)
 
 
+class _PatchDraws:
+    """The uniforms of images start..start+b-1 for each patch, the same whatever the batch: patch i's
+    stream s (0: whether to randomise, 1: the draw) is one PCG64 stream per (seed, i, s), advanced to
+    the batch's first image. A single stream drawn batch by batch made the images (and the FID) depend
+    on the batch size."""
+
+    def __init__(self, seed: int, start: int, b: int, patch_pixels: int) -> None:
+        self.seed, self.start, self.b, self.k = seed, start, b, patch_pixels
+
+    def uniforms(self, patch: int, stream: int) -> np.ndarray:
+        bits = np.random.PCG64(np.random.SeedSequence([self.seed, patch, stream]))
+        bits.advance(self.start * self.k)  # one 64-bit draw per float64 uniform
+        return np.random.Generator(bits).random((self.b, self.k))
+
+
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:
     """2-D Gaussian blur of each (28, 28) image."""
     return gaussian_filter(images.astype(np.float64), sigma=(0, sigma, sigma), mode="constant").astype(np.float32)
@@ -188,8 +203,8 @@ class GenerativeXGBoost:
         return {"predictor_seconds": predictors_done - started, "refiner_seconds": time.perf_counter() - predictors_done}
 
     # ---------------------------------------------------------------- generation
-    def _fill(self, patches: np.ndarray, first: int, rng: np.random.Generator | None) -> np.ndarray:
-        """Fill patches first..P-1 of (N, P, k) in place, randomising when `rng` is given."""
+    def _fill(self, patches: np.ndarray, first: int, draws: _PatchDraws | None) -> np.ndarray:
+        """Fill patches first..P-1 of (N, P, k) in place, randomising with `draws` when given."""
         c = self.config
         if len(self.predictors) != c.n_patches - 1 or len(self.refiners) != c.n_patches:
             raise ConfigError("the model is not trained (or not fully loaded)")
@@ -198,11 +213,11 @@ class GenerativeXGBoost:
         for i in range(first, c.n_patches):
             x = features[:, : predictor_width(i, k)]
             values = np.clip(self.predictors[i - 1].inplace_predict(x).reshape(len(x), k), 0.0, 1.0)
-            if rng is not None and i + 1 <= c.i_max:
+            if draws is not None and i + 1 <= c.i_max:
                 share = (i + 1) / c.n_patches
                 p_s = (share if c.randomise_rising else 1.0 - share) ** c.alpha
-                randomise = rng.random(values.shape) < p_s
-                draw = rng.random(values.shape) < values
+                randomise = draws.uniforms(i, 0) < p_s
+                draw = draws.uniforms(i, 1) < values
                 if c.randomisation == "zero":  # 0 with probability 1 − v, else v
                     values = np.where(randomise & ~draw, 0.0, values)
                 else:  # white with probability v, else black
@@ -219,12 +234,11 @@ class GenerativeXGBoost:
         check_keys(f"sampling.{self.kind}", settings, self.sampling_keys, required=True)
         batch_size = settings["batch_size"]
         c = self.config
-        rng = np.random.default_rng(seed)
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             patches = np.zeros((b, c.n_patches, c.patch_pixels), dtype=np.float32)
-            out.append(from_patches(self._fill(patches, 1, rng), c.patch))
+            out.append(from_patches(self._fill(patches, 1, _PatchDraws(seed, start, b, c.patch_pixels)), c.patch))
         return np.concatenate(out) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
 
     def reconstruct(self, images: np.ndarray, keep_patches: int) -> np.ndarray:
