@@ -5,7 +5,8 @@ dvc.lock records, for every stage that ran, the hash of each input and output. T
 asked of it (docs/staleness.md):
 
 * Is it coherent? Each committed uncached output (metrics/, plots, the frozen instruments) must be
-  the file (or folder) its stage's run wrote. Anything else is a problem: exit status 1. (Entries of
+  the file (or folder) its stage's run wrote, and so must every output the lock lists that dvc.yaml
+  no longer declares (no cache holds it). Anything else is a problem: exit status 1. (Entries of
   stages dvc.yaml no longer has are left alone, as `dvc repro` leaves them.)
 * Which stages are stale? A stage is stale when its recorded code or params differ from the tree
   (or dvc.yaml declares an input or param its run did not record), when it read an upstream output
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,20 @@ def declared_stages(root: Path) -> Declared:
     return declared
 
 
+def _norm(path: str) -> str:
+    """A path as DVC means it: dvc.yaml may spell `./m.json` or `out/`, the lock keeps that spelling."""
+    return posixpath.normpath(path)
+
+
+def committed(path: str, decl: StageDecl) -> bool | None:
+    """Whether the repository must hold `path`, an output a stage's lock entry lists: True inside an
+    uncached output, False inside a cached one (`dvc pull` brings it), None where dvc.yaml no longer
+    declares it. DVC lets no two outputs overlap, so at most one holds it."""
+    path = _norm(path)
+    holder = next((o for o in decl.outs | decl.uncached if path == _norm(o) or path.startswith(_norm(o) + "/")), None)
+    return None if holder is None else holder in decl.uncached
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/") or folder.startswith(path.rstrip("/") + "/")
 
@@ -125,14 +141,20 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
             continue
         for out in entry.get("outs", []):
             path, md5 = root / out["path"], str(out.get("md5", ""))
+            # An output dvc.yaml no longer declares (DVC still calls the stage current) has no cache
+            # but the repository: it must be there too, or the lock lists a result no one holds.
+            kept = committed(out["path"], decl)
             if md5.endswith(".dir"):  # a folder: committed (uncached) ones are checked file by file
-                if out["path"] in decl.uncached and (not path.is_dir() or dir_md5(root, out["path"], {}) != md5):
+                if kept is not False and (not path.is_dir() or dir_md5(root, out["path"], {}) != md5):
                     problems.append(f"{name}: committed folder {out['path']} is not the folder this run wrote")
             elif path.is_file():
                 if file_md5(path) != md5:
                     problems.append(f"{name}: committed {out['path']} is not the file this run wrote")
-            elif out["path"] in decl.uncached:
+            elif kept:
                 problems.append(f"{name}: {out['path']} is an uncached output of this run, but not in the repository")
+            elif kept is None:
+                problems.append(f"{name}: {out['path']} is an output of this run that dvc.yaml no longer declares, "
+                                "and not in the repository")
         if decl.frozen:  # an instrument: its committed bytes are the result, whatever its code does today
             continue
         if decl.cmd is not None and entry.get("cmd") != decl.cmd:
@@ -159,8 +181,8 @@ def check(lock: dict[str, Any], params: dict[str, Any], declared: Declared, root
         recorded_keys = {key for values in entry.get("params", {}).values() for key in values}
         why += [f"dvc.yaml declares input {path}, not recorded by its run" for path in sorted(decl.deps - recorded)]
         why += [f"dvc.yaml declares param {key}, not recorded by its run" for key in sorted(decl.params - recorded_keys)]
-        made = {out["path"] for out in entry.get("outs", [])}
-        why += [f"dvc.yaml declares output {path}, not made by its run" for path in sorted(decl.outs - made)]
+        made = {_norm(out["path"]) for out in entry.get("outs", [])}
+        why += [f"dvc.yaml declares output {path}, not made by its run" for path in sorted(decl.outs) if _norm(path) not in made]
 
     # Downstream: a stage reading (a folder holding) an output of a stale stage is stale too.
     outs = {name: decl.outs for name, decl in declared.items()}

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _stage import DATA_KEYS, PARAMS_FILE, params
+from _stage import DATA_KEYS, PARAMS_FILE, note_params_read, params
 
 from sarnet.core.data import dataset_spec
 from sarnet.core.errors import SarnetError
 from sarnet.core.model_files import check_model_name, model_path
-from sarnet.core.params import TABLE_KEYS, read_params_file, resolve_models
+from sarnet.core.params import TABLE_KEYS, check_latent_dim, read_params_file, resolve_models
 from sarnet.families import FAMILY_OF_KIND, family_module, model_class
 
 
@@ -53,13 +53,18 @@ def model_spec(*args: str) -> ModelSpec:
     if len(args) != 1:
         raise SarnetError("usage: <name>, a key of params.yaml's `models`")
     name = args[0]
-    entries = params("models")
+    entries = params("models", note=False)  # the stage depends on its own entry and base only: noted below
     if name not in entries:
         raise SarnetError(f"{PARAMS_FILE}: no model {name!r} under `models` (have: {', '.join(entries)})")
     if not isinstance(entries[name], dict) or not isinstance(entries[name].get("kind"), str):
         raise SarnetError(f"{PARAMS_FILE}: `models.{name}` must be a mapping with a `kind`")
     check_model_name(name)
-    entry = resolve_models(read_params_file(PARAMS_FILE, hint="run stages from the project root"))[name]
+    all_params = read_params_file(PARAMS_FILE, hint="run stages from the project root")
+    entry = resolve_models(all_params)[name]
+    note_params_read(f"models.{name}", entries[name])
+    base = entries[name].get("base")
+    if isinstance(base, str) and base in all_params.get("model_bases", {}):
+        note_params_read(f"model_bases.{base}", all_params["model_bases"][base])
     kind = entry["kind"]
     if kind not in FAMILY_OF_KIND:
         raise SarnetError(f"{PARAMS_FILE}: `models.{name}.kind`: unknown kind {kind!r} (known: {', '.join(FAMILY_OF_KIND)})")
@@ -67,8 +72,7 @@ def model_spec(*args: str) -> ModelSpec:
         raise SarnetError(f"{PARAMS_FILE}: `models.{name}.family` must be {FAMILY_OF_KIND[kind]!r} for a {kind}, "
                           f"got {entry.get('family')!r}")
     latent = entry.get("latent_dim")
-    if latent is not None and (isinstance(latent, bool) or not isinstance(latent, int) or latent < 1):
-        raise SarnetError(f"{PARAMS_FILE}: `models.{name}.latent_dim` must be a positive integer, got {latent!r}")
+    check_latent_dim(f"models.{name}", latent)
     if kind != "gen_xgboost":
         needs_latent = model_class(kind).needs_latent
         if needs_latent != (latent is not None):

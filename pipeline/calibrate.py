@@ -5,7 +5,7 @@ from _stage import params, run_name, stage, write_results
 from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.files import write_text
-from sarnet.core.params import check_keys
+from sarnet.core.params import MAX_IMAGES, check_int, check_keys
 from sarnet.instruments.calibration import calibrate, calibration_markdown, real_references
 from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.instruments.fid import FidScorer
@@ -22,6 +22,7 @@ CLASSIFIER_NOTE = ("Features: the 10 logits of the pipeline's own CNN (`train_cl
 def main() -> None:
     p = params("calibrate")
     check_keys("calibrate", p, ("dataset", "digit", "n_images", "seed"), required=True)
+    check_int("calibrate", "n_images", p["n_images"], minimum=1, maximum=MAX_IMAGES)
     dataset, n = p["dataset"], p["n_images"]
     data = load_prepared(f"data/prepared/{dataset}.npz", digit=p["digit"])
     all_digits = load_prepared(f"data/prepared/{dataset}.npz", digit=None)

@@ -21,7 +21,7 @@ from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.errors import ConfigError
 from sarnet.core.files import save_grid, write_json
-from sarnet.core.params import check_int, check_keys
+from sarnet.core.params import MAX_IMAGES, MAX_SETS, check_int, check_keys
 from sarnet.families import load_generator
 from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.instruments.fid import FidProtocol, FidScorer, FidSets, fid_over_sets
@@ -46,14 +46,15 @@ def main(*args: str) -> None:
     p = params("evaluate")
     check_keys("evaluate", p, ("n_images", "sets", "sets_by_model", "seed"), required=True)
     for key in ("n_images", "sets", "seed"):
-        check_int("evaluate", key, p[key], minimum=0 if key == "seed" else 1)
+        check_int("evaluate", key, p[key], minimum=0 if key == "seed" else 1,
+                  maximum={"n_images": MAX_IMAGES, "sets": MAX_SETS}.get(key))
     if not isinstance(p["sets_by_model"], dict):
         raise ConfigError(f"params.yaml: `evaluate.sets_by_model` must map model names to set counts, got {p['sets_by_model']!r}")
-    known = {*params("models"), "gen_xgboost"}
+    known = {*params("models", note=False), "gen_xgboost"}  # only the names: a model's own entry is not this stage's input
     for key, value in p["sets_by_model"].items():
         if key not in known:  # a mistyped name would silently leave its model at `sets`
             raise ConfigError(f"params.yaml: `evaluate.sets_by_model` names {key!r}, which is no model (see `models`)")
-        check_int("evaluate.sets_by_model", str(key), value, minimum=1)
+        check_int("evaluate.sets_by_model", str(key), value, minimum=1, maximum=MAX_SETS)
     protocol = FidProtocol(p["n_images"], p["sets_by_model"].get(name, p["sets"]), p["seed"])  # Table 4.1 used more for some
     dataset, digit = spec.params["dataset"], spec.params["digit"]
     prepared = load_prepared(f"data/prepared/{dataset}.npz", digit=digit)

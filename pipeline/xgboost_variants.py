@@ -18,7 +18,7 @@ from sarnet.core.data import load_prepared, to_unit_tensor
 from sarnet.core.device import default_device
 from sarnet.core.errors import ConfigError
 from sarnet.core.files import save_grid, write_text
-from sarnet.core.params import check_int, check_keys
+from sarnet.core.params import MAX_SETS, check_int, check_keys
 from sarnet.families.xgboost import GenerativeXGBoost
 from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
 from sarnet.instruments.fid import FidProtocol, FidScorer, fid_over_sets
@@ -44,7 +44,7 @@ def variant_model(base: GenerativeXGBoost, name: str, switches: dict) -> Generat
 def main() -> None:
     p = params("gen_xgboost_variants")
     check_keys("gen_xgboost_variants", p, ("sets", "variants"), required=True)
-    check_int("gen_xgboost_variants", "sets", p["sets"], minimum=1)
+    check_int("gen_xgboost_variants", "sets", p["sets"], minimum=1, maximum=MAX_SETS)
     if not isinstance(p["variants"], dict) or not p["variants"]:
         raise ConfigError("params.yaml: `gen_xgboost_variants.variants` must name at least one variant")
     evaluation, model_params = params("evaluate"), params("gen_xgboost")

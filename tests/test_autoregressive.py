@@ -124,6 +124,23 @@ def test_draws_follow_the_inverse_cdf():
     assert draw_levels(logits, u, 1.0).tolist() == [0, 0, 1, 1, 2]
 
 
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_draws_follow_the_inverse_cdf_of_the_tempered_softmax(temperature):
+    """p ∝ p₀^(1/T) for logits log p₀, written out by hand: T = 0.5 sharpens (0.2, 0.3, 0.5) to
+    (4, 9, 25)/38, T = 2 flattens it to (√.2, √.3, √.5)/Σ; the draw at u is the first class whose
+    cumulative probability exceeds u."""
+    base = [0.2, 0.3, 0.5]
+    weights = [p ** (1 / temperature) for p in base]
+    cdf, total = [], 0.0
+    for w in weights:
+        total += w / sum(weights)
+        cdf.append(total)
+    u = torch.tensor([0.01, cdf[0] - 0.01, cdf[0] + 0.01, cdf[1] - 0.01, cdf[1] + 0.01], dtype=torch.float64)
+    logits = torch.log(torch.tensor([base] * len(u), dtype=torch.float64))
+    assert draw_levels(logits, u, temperature).tolist() == [0, 0, 1, 1, 2]
+    assert draw_levels(logits, u, 1.0).tolist() != [0, 0, 1, 1, 2]  # the cut points moved: T matters here
+
+
 @pytest.mark.parametrize("make", [lambda: PixelCNN(4, 1, 256), lambda: PixelRNN(2, 1, 256), lambda: small_vqvae()])
 def test_generate_is_seeded_and_gives_pixels(make):
     torch.manual_seed(11)

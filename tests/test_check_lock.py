@@ -155,6 +155,49 @@ def test_edited_or_missing_committed_outputs_are_problems(check_lock, repo):
                                "table: table.md is an uncached output of this run, but not in the repository"]
 
 
+def test_every_missing_output_the_lock_lists_is_a_problem_unless_dvc_yaml_caches_it(check_lock, repo):
+    # issue 31: dvc.yaml dropped `score.json` (DVC still calls the stage current) and the file is gone;
+    # the lock lists a result no one holds, yet the check returned []
+    root, lock, params = repo
+    (root / "score.json").unlink()
+    stages = declared(check_lock)
+    stages["score"].outs.clear()
+    stages["score"].uncached.clear()
+    assert check_lock.lock_problems(lock, params, stages, root) == [
+        "score: score.json is an output of this run that dvc.yaml no longer declares, and not in the repository"]
+    # the same output spelled `./score.json` in dvc.yaml (the lock keeps DVC's spelling), a file of an
+    # uncached folder, and a cached output (dvc pull brings it) that nobody committed
+    stages["score"].outs.add("./score.json/")
+    stages["score"].uncached.add("./score.json/")
+    assert check_lock.lock_problems(lock, params, stages, root) == [
+        "score: score.json is an uncached output of this run, but not in the repository"]
+    lock["stages"]["score"]["outs"] = [{"path": "grids/a.png", "md5": md5(b"png")}]
+    stages["score"].outs, stages["score"].uncached = {"grids"}, {"grids"}
+    assert check_lock.check(lock, params, stages, root).problems == [
+        "score: grids/a.png is an uncached output of this run, but not in the repository"]
+    stages["score"].uncached.clear()
+    assert check_lock.check(lock, params, stages, root).problems == []
+
+
+def test_a_param_declared_after_the_run_makes_the_stage_stale(check_lock, repo):
+    root, lock, params = repo
+    params["evaluate"]["seed"] = 2024
+    stages = declared(check_lock)
+    stages["score"].params.add("evaluate.seed")
+    report = check_lock.check(lock, params, stages, root)
+    assert report.stale == {"score": "dvc.yaml declares param evaluate.seed, not recorded by its run",
+                            "table": "upstream score is stale"}
+
+
+def test_a_frozen_stage_reading_a_stale_output_stays_current(check_lock, repo):
+    # an instrument trained on data whose code has since changed: its committed bytes are still the result
+    root, lock, params = repo
+    (root / "make.py").write_bytes(b"print('changed')\n")
+    stages = declared(check_lock)
+    stages["score"].frozen = True
+    assert check_lock.check(lock, params, stages, root).stale == {"make": "code changed: make.py"}
+
+
 def test_a_frozen_stage_is_judged_by_its_outputs_only(check_lock, repo):
     # an instrument: its code changed, but its committed output is still the file its run wrote
     root, lock, params = repo

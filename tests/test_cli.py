@@ -82,6 +82,7 @@ def test_inpaint_keeps_the_given_patches(vae_file, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--model", "no/such/model.safetensors"], "no such model file"),
     (["sample", "--model", "VAE", "-n", "0"], "-n must be >= 1"),
+    (["sample", "--model", "VAE", "-n", "1000000000"], "-n must be <= 10000, got 1000000000"),  # issue 31: not 32 GB
     (["sample", "--model", "VAE", "--nrow", "0"], "--nrow must be >= 1"),
     (["sample", "--model", "VAE", "--threshold", "nan"], "--threshold must be in [0, 1]"),
     (["sample", "--model", "VAE", "--params", "no/such/params.yaml"], "params file not found"),
@@ -118,6 +119,34 @@ def test_bad_input_gives_one_line_error(argv, message, vae_file, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "s.png").exists() and [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "$SARNET_DEVICE='bogus' is not a device"),
+    ("mps", "$SARNET_DEVICE='mps': only cpu and cuda are supported"),
+    ("cuda", "$SARNET_DEVICE='cuda', but this machine has no CUDA device"),
+    ("cuda:7", "$SARNET_DEVICE='cuda:7', but this machine has no CUDA device"),
+])
+def test_sample_refuses_a_device_it_cannot_use(device, message, vae_file, tmp_path, monkeypatch, capsys):
+    """Issue 31: these ran on the CPU and said `wrote …`."""
+    monkeypatch.setenv("SARNET_DEVICE", device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "--model", str(vae_file), "-n", "2", "--out", str(tmp_path / "s.png"), "--params", PARAMS])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err and not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_sample_runs_on_the_device_sarnet_device_names(device, vae_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SARNET_DEVICE", device)
+    used, generate = [], SarNetVAE.generate
+    monkeypatch.setattr(SarNetVAE, "generate", lambda self, *a: used.append(next(self.parameters()).device.type) or generate(self, *a))
+    main(["sample", "--model", str(vae_file), "-n", "3", "--out", str(tmp_path / "s.png"), "--npz", str(tmp_path / "s.npz"),
+          "--params", PARAMS])
+    assert used == [device] and np.load(tmp_path / "s.npz")["images"].shape == (3, 28, 28)
 
 
 @pytest.fixture

@@ -501,6 +501,7 @@ def test_damaged_or_diverged_weights_are_refused_not_sampled(tmp_path):
     ("train_model.py", ["conv_vae_L8"], "models.conv_vae_L8", "train_limit", 0, "`models.conv_vae_L8.train_limit` must be >= 1, got 0"),
     ("train_model.py", ["conv_vae_L8"], "models.conv_vae_L8", "digit", "5", "`models.conv_vae_L8.digit` must be an integer or null, got '5'"),
     ("train_model.py", ["conv_vae_L8"], "models.conv_vae_L8", "latent_dim", "8", "`models.conv_vae_L8.latent_dim` must be a positive integer, got '8'"),
+    ("train_model.py", ["conv_vae_L8"], "models.conv_vae_L8", "latent_dim", 10**9, "`models.conv_vae_L8.latent_dim` must be <= 4,096, got 1,000,000,000"),
     ("train_model.py", ["conv_vae_L8"], "models.conv_vae_L8", "family", "gans", "`models.conv_vae_L8.family` must be 'conv_vae' for a conv_vae"),
     ("train_model.py", ["conv_vae_L7"], None, None, None, "no model 'conv_vae_L7' under `models`"),
     ("evaluate.py", ["conv_vae_L8"], "evaluate", "sets_by_model", "three", "`evaluate.sets_by_model` must map"),

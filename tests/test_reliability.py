@@ -204,3 +204,143 @@ def test_a_stage_that_cannot_write_its_output_says_so_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+# ---------------------------------------------------------------- a SIGKILLed `dvc repro` (fault probe, issue 31)
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+# A stage under DVC (DVC_STAGE set) that records it started, then works for a minute.
+SLOW_STAGE = """import sys, time
+sys.path.insert(0, {pipeline!r})
+from _stage import stage
+
+@stage
+def main():
+    open("stage.started", "w").write("yes")
+    time.sleep(60)
+
+main()
+"""
+
+# A stand-in for `dvc repro` that is SIGKILLed: it runs the stage and prints its pid.
+KILLED_DVC = """import os, subprocess, sys, time
+stage = subprocess.Popen([sys.executable, "stage.py"], env=os.environ | {{"DVC_STAGE": "train@x"}},
+                         stderr=open("stage.err", "w"))
+print(stage.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaps (a container's pid 1 may not)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="the watch reads /proc")
+def test_a_stage_stops_when_the_dvc_process_running_it_is_killed(tmp_path):
+    (tmp_path / "stage.py").write_text(SLOW_STAGE.format(pipeline=str(ROOT / "pipeline")))
+    (tmp_path / "dvc.py").write_text(KILLED_DVC.format())
+    dvc = subprocess.Popen([sys.executable, "dvc.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    stage_pid = int(dvc.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "stage.started").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "stage.started").exists()
+        dvc.kill()  # SIGKILL: nothing is passed on to the stage
+        dvc.wait()
+        deadline = time.monotonic() + 15
+        while not _exited(stage_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _exited(stage_pid), "the orphaned stage went on"
+        assert "is gone; stopping the stage" in (tmp_path / "stage.err").read_text()
+    finally:
+        if not _exited(stage_pid):
+            os.kill(stage_pid, signal.SIGKILL)
+
+
+def test_a_second_run_into_the_same_checkpoint_is_one_line_until_the_first_dies(tmp_path):
+    """The orphan and the re-run both trained into checkpoints/<name>.pt: the second is refused while the
+    first lives, and runs once it is gone (the kernel drops a dead holder's lock)."""
+    import torch
+
+    from sarnet.core.errors import RunInProgress
+    from sarnet.core.training import TrainConfig, fit
+    from test_training import TinyNet, mse, regression_data
+
+    checkpoint = tmp_path / "m.pt"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from sarnet.core.training import checkpoint_lock\n"
+                               "with checkpoint_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
+                               str(checkpoint)], stdout=subprocess.PIPE, text=True)
+    config = TrainConfig(epochs=1, batch_size=16, lr=0.01, optimizer="sgd", seed=0)
+
+    def train():
+        return fit(TinyNet(), mse, regression_data(), config, checkpoint, tmp_path / "m.safetensors",
+                   progress=False, device=torch.device("cpu"))
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInProgress) as info:
+            train()
+        assert f"pid {holder.pid}" in str(info.value) and "\n" not in str(info.value)
+        assert not (tmp_path / "m.safetensors").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(train()) == 1 and (tmp_path / "m.safetensors").exists()
+
+
+# ---------------------------------------------------------------- params.yaml edited while a stage runs (fault probe, issue 31)
+
+EDITING_STAGE = """import sys
+sys.path.insert(0, {pipeline!r})
+import yaml
+from _model_spec import model_spec
+from _stage import params, stage
+
+@stage
+def main(edit):
+    spec = model_spec("conv_vae_L8")
+    params("evaluate")
+    p = yaml.safe_load(open("params.yaml"))
+    section, *middle, key = edit.split(".")
+    target = p[section]
+    for part in middle:
+        target = target[part]
+    target[key] = 99  # what an editor or a checkout does while the stage runs
+    open("params.yaml", "w").write(yaml.safe_dump(p))
+    print("trained with", spec.params["epochs"])
+
+main()
+"""
+
+
+@pytest.mark.parametrize("edit, fails", [("models.conv_vae_L8.epochs", True), ("model_bases.conv_vae.epochs", True),
+                                         ("evaluate.sets", True), ("models.conv_vae_L16.epochs", False),
+                                         ("prepare.seed", False)])
+def test_a_stage_fails_when_params_it_read_change_before_it_ends(tmp_path, edit, fails):
+    """DVC records the params it finds when a stage ends: an edit of a value the stage read must fail the
+    stage (so nothing is recorded), and an edit of anything else must not."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model_bases"]["conv_vae"].setdefault("epochs", 1)
+    params["models"]["conv_vae_L8"]["epochs"] = 1
+    params.setdefault("prepare", {})["seed"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "stage.py").write_text(EDITING_STAGE.format(pipeline=str(ROOT / "pipeline")))
+    result = subprocess.run([sys.executable, "stage.py", edit], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert "Traceback" not in result.stderr
+    if fails:
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: params.yaml changed while the stage ran") and edit in last and "-> 99" in last
+    else:
+        assert result.returncode == 0, result.stderr

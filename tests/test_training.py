@@ -105,6 +105,27 @@ class CountingLoss:
 BATCHES_PER_EPOCH = 96 // 16
 
 
+def test_each_epoch_sees_every_sample_once_in_its_own_order(tmp_path):
+    """Shuffling is drawn anew per epoch (from the seed and the epoch alone, so resuming can redo it):
+    each epoch is a permutation of the training set, and two epochs are two different permutations."""
+    x, y = regression_data()
+    seen: list[list[float]] = []
+
+    def recording(model, batch):
+        if model.training:
+            seen.extend(batch[0][:, 0].tolist())  # the first feature identifies the sample
+        return mse(model, batch)
+
+    fit(make_model(), recording, (x, y), CONFIG, tmp_path / "s.ckpt", final(tmp_path, "s"), progress=False,
+        device=torch.device("cpu"))
+    n = len(x)
+    epochs = [seen[i * n : (i + 1) * n] for i in range(CONFIG.epochs)]
+    assert len(seen) == CONFIG.epochs * n
+    for order in epochs:
+        assert sorted(order) == sorted(x[:, 0].tolist())
+    assert len({tuple(order) for order in epochs}) == CONFIG.epochs
+
+
 def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path):
     full, full_hist = run(tmp_path, "full")
     with pytest.raises(StopAfter):

@@ -11,7 +11,7 @@ masked/ and instruments/ are namespace packages, families/__init__.py is the reg
   families.base                                            the base class of every generative model, and the VAE scaffolding two families share
   families.sarnet, families.sarnet_vae, families.conv_vae, families.gans, families.pixel, families.vqvae, families.xgboost   one module per family: simple SarNET, SarNET VAE, conv/β-VAE, GANs, PixelCNN/Row LSTM, VQ-VAE, generative XGBoost
   families                                                 the registry: a kind's family module, imported on demand; the one generator loader
-  explain, report, refresh, tracking, cli                  figures of §4.3/§5, the FID table, the plan of `sarnet repro --for`, MLflow, the CLI
+  explain, report, refresh, remote, tracking, cli          figures of §4.3/§5, the FID table, the plan of `sarnet repro --for`, reading the DVC remote back, MLflow, the CLI
 """
 
 from importlib.metadata import version as _v

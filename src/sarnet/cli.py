@@ -197,6 +197,40 @@ def _push(dvc: str) -> None:
     print(f"dvc push to remote {remote.stdout.strip()!r}", flush=True)
     if _run_forwarding_signals([dvc, "push"]) != 0:
         print("warning: dvc push failed; the results are in the local cache, push later with `dvc push`", file=sys.stderr)
+        return
+    try:  # push's exit status is not enough: a killed earlier push can leave folders in part (issue 31)
+        _verify_remote(dvc)
+    except SarnetError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+
+
+def _verify_remote(dvc: str, remote: str | None = None) -> None:
+    """Read the remote back: every object the cached outputs of dvc.lock need must be there. DVC
+    trusts a folder's manifest on the remote (treeverse/dvc#10977), so the manifests of folders held
+    only in part are deleted there and `dvc push` runs again, which then uploads the rest. Raises
+    SarnetError, in one line, when the remote still lacks objects or cannot be read."""
+    from sarnet.remote import check_remote, forget_incomplete, remote_summary  # DVC's API: imported when used
+
+    check = check_remote(".", remote)
+    if check.missing:
+        if check.incomplete:
+            print(f"remote {check.remote!r} holds {len(check.incomplete)} folder(s) only in part "
+                  "(a killed push?); pushing their missing files", flush=True)
+            forget_incomplete(check)
+        _run_forwarding_signals([dvc, "push", "--remote", check.remote])
+        check = check_remote(".", remote)
+    if check.missing or check.unlisted:
+        raise SarnetError(remote_summary(check))
+    print(remote_summary(check))
+
+
+def _verify_remote_command(args: argparse.Namespace) -> None:
+    import shutil
+
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise SarnetError("dvc is not on PATH; run `make repro` (it installs the pinned tools into .venv)")
+    _verify_remote(dvc, args.remote)
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -290,15 +324,22 @@ def _save_outputs(images, out: str, npz: str | None, nrow: int) -> None:
         print(f"wrote {npz}")
 
 
+MAX_SAMPLES = 10_000  # one FID set; generated in one piece and drawn as one grid, so bounded (docs/reliability.md)
+
+
 def _sample(args: argparse.Namespace) -> None:
+    from sarnet.core.device import default_device
     from sarnet.families import KINDS
 
     if args.n < 1:
         raise SarnetError(f"-n must be >= 1, got {args.n}")
+    if args.n > MAX_SAMPLES:
+        raise SarnetError(f"-n must be <= {MAX_SAMPLES}, got {args.n} (run again with other --seed values for more)")
     _check_nrow(args.nrow)
     _check_outputs(args.out, args.npz)
     _check_threshold(args.threshold)
-    model = _load(args.model, tuple(k for k in KINDS if k != "gen_xgboost"))
+    device = default_device()  # $SARNET_DEVICE as the stages read it: a bad or absent device is one line, before any work
+    model = _load(args.model, tuple(k for k in KINDS if k != "gen_xgboost")).to(device)
     settings = _settings(_read_params(args.params), args.params, "sampling", model.kind)
     if args.threshold is not None:
         if "threshold" not in model.sampling_keys:
@@ -439,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. a stage name, -f)")
     p.set_defaults(func=_repro)
 
+    p = sub.add_parser("verify-remote", help="check that the DVC remote holds every object dvc.lock needs; "
+                                             "push again what a killed push left out")
+    p.add_argument("--remote", help="DVC remote name (default: the default remote)")
+    p.set_defaults(func=_verify_remote_command)
+
     p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -446,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images from a trained model into a PNG grid")
     p.add_argument("--model", required=True, help="model file, e.g. models/sarnet_vae/sarnet_vae_L128.safetensors")
-    p.add_argument("-n", type=int, default=100, help="number of images")
+    p.add_argument("-n", type=int, default=100, help=f"number of images (at most {MAX_SAMPLES})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, help="pixel threshold (default: params.yaml sampling.<kind>)")
     p.add_argument("--out", default="samples.png")

@@ -15,3 +15,7 @@ class ConfigError(SarnetError):
 
 class TrainingDiverged(SarnetError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunInProgress(SarnetError):
+    """Another live process is training into the same checkpoint."""

@@ -9,12 +9,14 @@ header's bytes never depend on a hash map's order); the same weights always give
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -55,15 +57,43 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
         save_file(tensors, str(tmp), metadata={META_KEY: header})
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file; one line otherwise. O_NONBLOCK: a FIFO
+    opens at once (and is refused) instead of waiting for a writer; checked on the open file, not the name."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such model file; train it with `dvc repro` first") from None
+    except OSError as exc:
+        why = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror or type(exc).__name__
+        raise DataError(f"{path}: cannot open the model file ({why})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = next((name for test, name in _NOT_REGULAR if test(mode)), "an unusual file")
+        raise DataError(f"{path}: not a regular file ({what}); give a model file")
+    return os.fdopen(fd, "rb")
+
+
+def _bytes(n: int) -> str:
+    """A byte count for messages: 228 bytes, 3.4 MiB, 512.0 GiB."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def read_description(path: str | os.PathLike) -> dict[str, Any]:
     """The file's {"format", "kind", "args"}; DataError (one line) for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such model file; train it with `dvc repro` first")
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path) as fh:
             size = int.from_bytes(fh.read(8), "little")
-            if not 2 <= size <= min(100_000_000, path.stat().st_size - 8):
+            if not 2 <= size <= min(100_000_000, os.fstat(fh.fileno()).st_size - 8):
                 raise ValueError("bad header size")
             meta = json.loads(fh.read(size)).get("__metadata__") or {}
         info = json.loads(meta[META_KEY])
@@ -94,14 +124,28 @@ def load_weights(model: nn.Module, path: str | os.PathLike, info: dict[str, Any]
 
 
 
+def _construct(cls: type[nn.Module], path: str | os.PathLike, info: dict[str, Any], device: str) -> nn.Module:
+    """cls(**args) built on `device`; arguments the class refuses or torch cannot size are one line."""
+    try:
+        with torch.device(device):
+            return cls(**info["args"])
+    except (TypeError, ValueError, OverflowError, RuntimeError, ConfigError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({reason})") from None
+
+
 def rebuild(cls: type[nn.Module], path: str | os.PathLike, info: dict[str, Any],
             device: torch.device | str | None = None) -> nn.Module:
     """The model of class `cls` that `info` (read_description(path)) describes, with the file's weights, in
     eval mode on `device` (default CPU); arguments the class does not take are one line."""
-    try:
-        model = cls(**info["args"])
-    except (TypeError, ConfigError) as exc:
-        raise DataError(f"{path}: cannot rebuild the {info['kind']} it describes ({exc})") from None
+    # Sized on the meta device first (shapes, no memory): a forged file's arguments could ask for terabytes,
+    # and its weights must all be in the file, so a model bigger than the file is refused before allocating.
+    needed = sum(t.nelement() * t.element_size() for t in _construct(cls, path, info, "meta").state_dict().values())
+    held = os.stat(path).st_size
+    if needed > held:
+        raise DataError(f"{path}: the {info['kind']} it describes needs {_bytes(needed)} of weights, but the file "
+                        f"holds {_bytes(held)} (a truncated or forged file)")
+    model = _construct(cls, path, info, "cpu")
     load_weights(model, path, info)
     return model.to(device or "cpu").eval()
 

@@ -10,6 +10,42 @@ from typing import Any
 
 from sarnet.core.errors import ConfigError
 
+# Upper bounds of counts and sizes (docs/params.md "Bounds"): far above any run of the thesis or the seeds
+# (params.yaml: 10,000 images a set, 50 sets, latent sizes up to 128), far below what exhausts a machine.
+MAX_IMAGES = 100_000  # images per FID set: 100,000 × 784 float32 pixels are 314 MB, generated and real alike
+MAX_SETS = 1_000  # FID sets per model
+MAX_LATENT_DIM = 4096  # a latent size (an image has 784 pixels); 10⁹ asked a VAE for 512 GB
+
+
+def _strict_loader():
+    """A YAML SafeLoader that refuses a mapping key given twice (plain YAML silently keeps the last, so a
+    duplicated `models` entry or setting would be lost without a word)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys are meant to be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    given_before = key in seen
+                except TypeError:  # an unhashable key: construct_mapping's own error says so
+                    continue
+                first = seen.setdefault(key, line)
+                if given_before:
+                    raise _DuplicateKey(f"duplicate key {key!r} on line {line} (first on line {first}); "
+                                        "YAML would silently keep the last")
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+class _DuplicateKey(Exception):
+    pass
+
 
 def read_params_file(path: str | os.PathLike, hint: str) -> dict[str, Any]:
     """A whole params file as a mapping of sections; a missing, unreadable or malformed file is one line
@@ -17,7 +53,9 @@ def read_params_file(path: str | os.PathLike, hint: str) -> dict[str, Any]:
     import yaml
 
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.load(Path(path).read_text(), Loader=_strict_loader())
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found ({hint})") from None
     except IsADirectoryError:
@@ -48,14 +86,25 @@ def check_keys(section: str, given: Mapping[str, Any], known: Iterable[str],
             raise ConfigError(f"params.yaml: `{section}` has no '{missing[0]}'")
 
 
-def check_int(section: str, key: str, value: Any, minimum: int | None = None, optional: bool = False) -> None:
-    """ConfigError unless `value` is an integer (not a bool, float or string) >= minimum; None if `optional`."""
+def check_int(section: str, key: str, value: Any, minimum: int | None = None, optional: bool = False,
+              maximum: int | None = None) -> None:
+    """ConfigError unless `value` is an integer (not a bool, float or string) in minimum..maximum; None if `optional`."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"params.yaml: `{section}.{key}` must be an integer{' or null' if optional else ''}, got {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"params.yaml: `{section}.{key}` must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"params.yaml: `{section}.{key}` must be <= {maximum:,}, got {value:,}")
+
+
+def check_latent_dim(section: str, value: Any) -> None:
+    """ConfigError unless a model entry's `latent_dim` is None (a kind without one) or an integer in
+    1..MAX_LATENT_DIM."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"params.yaml: `{section}.latent_dim` must be a positive integer, got {value!r}")
+    check_int(section, "latent_dim", value, maximum=MAX_LATENT_DIM, optional=True)
 
 
 def check_number(section: str, key: str, value: Any, positive: bool = False) -> None:

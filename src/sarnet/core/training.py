@@ -19,10 +19,11 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sarnet.core.device import default_device
-from sarnet.core.errors import ConfigError, TrainingDiverged
+from sarnet.core.errors import ConfigError, RunInProgress, TrainingDiverged
 from sarnet.core.files import atomic_path
 from sarnet.core.model_files import describe, save_model
 from sarnet.core.params import check_int, check_keys, check_number
@@ -428,6 +429,36 @@ def _end_epoch(run: _Run, record: EpochRecord, fingerprint: str, history_path: P
           f"({record.seconds:.1f}s)", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint_path: Path) -> Iterator[None]:
+    """Hold `<checkpoint>.lock` (an flock, released by the kernel when the holder dies) for one run: a second
+    process training into the same checkpoint (an orphaned stage of a killed `dvc repro` beside its re-run)
+    is one line instead of two runs writing one file. The lock file stays; it holds the last holder's pid."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    lock_path = checkpoint_path.with_name(checkpoint_path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunInProgress(f"{checkpoint_path}: another process (pid {holder}) is training into this checkpoint; "
+                                "wait for it to end, or stop it, then re-run") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fit(
     model: nn.Module,
     loss_fn: PerSampleLoss | None,
@@ -452,11 +483,20 @@ def fit(
     `step_history_path`, every step's mean losses are kept, written there and sent to the logger.
     """
     describe(model)  # a model that cannot be saved fails now, not after its last epoch
+    with checkpoint_lock(Path(checkpoint_path)):
+        return _fit(model, loss_fn, train_data, config, Path(checkpoint_path), Path(final_path), test_data,
+                    history_path, logger, device, progress, step_history_path)
+
+
+def _fit(model: nn.Module, loss_fn: PerSampleLoss | None, train_data: Sequence[torch.Tensor], config: TrainConfig,
+         checkpoint_path: Path, final_path: Path, test_data: Sequence[torch.Tensor] | None,
+         history_path: str | Path | None, logger: EpochLogger | None, device: torch.device | None, progress: bool,
+         step_history_path: str | Path | None) -> list[EpochRecord]:
     device = device or default_device()
     model.to(device)
     steps = config.epochs * -(-len(train_data[0]) // config.batch_size)
     run = _Run(model, _training_step(model, loss_fn, config, steps), train_data, config, device,
-               Path(checkpoint_path), progress, keep_steps=step_history_path is not None)
+               checkpoint_path, progress, keep_steps=step_history_path is not None)
     history_path = None if history_path is None else Path(history_path)
     step_history_path = None if step_history_path is None else Path(step_history_path)
     fingerprint = run_fingerprint(config, model, (train_data, test_data))

@@ -84,10 +84,13 @@ class _PixelModel(GenerativeModel):
         return (torch.cat(parts) if parts else torch.zeros(0, PIXELS)).view(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
+MAX_ARG = 4096  # blocks and layers are Python loops (a meta-device build cannot size them cheaply): bounded here
+
+
 def _positive(kind: str, **values: int) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{kind}: {name} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ARG:
+            raise ConfigError(f"{kind}: {name} must be an integer in 1..{MAX_ARG}, got {value!r}")
 
 
 class PixelCNN(_PixelModel):

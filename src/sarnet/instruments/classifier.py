@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sarnet.core.errors import ConfigError
 from sarnet.instruments.fid import to_signed_unit
 
 
@@ -37,6 +38,8 @@ class MnistClassifier(nn.Module):
 
     def __init__(self, channels: Sequence[int], hidden: int, dropout: float) -> None:
         super().__init__()
+        if len(channels) > 4:  # each block halves the 28-pixel map: after four it is 1×1
+            raise ConfigError(f"classifier: at most 4 conv blocks, got {len(channels)}")
         self.model_args = {"channels": [int(c) for c in channels], "hidden": int(hidden), "dropout": float(dropout)}
         layers: list[nn.Module] = []
         in_ch = 1
@@ -71,6 +74,8 @@ class MlpClassifier(nn.Module):
 
     def __init__(self, hidden: Sequence[int]) -> None:
         super().__init__()
+        if len(hidden) > 64:  # one module each: a forged file's list could be millions long
+            raise ConfigError(f"mlp_classifier: at most 64 hidden layers, got {len(hidden)}")
         widths = [int(h) for h in hidden]
         self.model_args = {"hidden": widths}
         layers: list[nn.Module] = [nn.Flatten()]

@@ -19,7 +19,9 @@ def causal_mask(k: int, mask_type: str) -> torch.Tensor:
     itself for type B only."""
     if mask_type not in ("A", "B") or k % 2 == 0:
         raise ConfigError(f"a causal mask needs type A or B and an odd size, got {mask_type!r} and {k}")
-    mask = torch.zeros(k, k)
+    # On the CPU even where a model is built on the meta device to size it (core.model_files.rebuild):
+    # the taps are read from its values, and it is k² numbers.
+    mask = torch.zeros(k, k, device="cpu")
     mask[: k // 2] = 1
     mask[k // 2, : k // 2 + (mask_type == "B")] = 1
     return mask

@@ -30,6 +30,7 @@ from sarnet.core.device import evaluating
 from sarnet.core.errors import ConfigError
 
 ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "none": lambda x: x}
+MAX_HIDDEN_LAYERS = 64  # the thesis's SarNETs have 2
 
 
 def patch_of_units(channels: int, size: int, patch: int) -> torch.Tensor:
@@ -119,6 +120,8 @@ class LayerShape:
 
 def hidden_shapes(spec: Sequence[Sequence[int]]) -> tuple[LayerShape, ...]:
     """[[channels, size, patch], ...] from params.yaml -> LayerShapes."""
+    if isinstance(spec, Sequence) and len(spec) > MAX_HIDDEN_LAYERS:  # one module each: a forged file's list could be millions
+        raise ConfigError(f"hidden: at most {MAX_HIDDEN_LAYERS} layers, got {len(spec)}")
     try:
         return tuple(LayerShape(*map(int, s)) for s in spec)
     except (TypeError, ValueError):
