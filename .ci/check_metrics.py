@@ -72,9 +72,10 @@ for name, entry in MODELS.items():
     kind = entry["kind"]
     path = f"metrics/train/{name}.json"
     m = load_json(path)
-    expected = {"gan_mlp": (), "dcgan": (), "pixelcnn": ("test_nll_nats", "test_bits_per_dim"),
-                "pixelrnn_row": ("test_nll_nats", "test_bits_per_dim"),
-                "vqvae": ("test_mse", "test_l1", "codebook_perplexity", "codes_used", "prior_test_nll_nats")
+    pixel_nll = ("test_nll_nats", "test_bits_per_dim", "sample_nll_nats", "sample_bits_per_dim")  # the audit: own samples' NLL beside the test NLL
+    expected = {"gan_mlp": (), "dcgan": (), "pixelcnn": pixel_nll, "pixelrnn_row": pixel_nll,
+                "vqvae": ("test_mse", "test_l1", "codebook_perplexity", "codes_used", "prior_test_nll_nats",
+                          "prior_sample_nll_nats")
                 }.get(kind, ("test_mse", "test_l1"))
     for key in ("final_train_loss", "final_test_loss", *expected):
         finite(path, key, m.get(key))
@@ -91,6 +92,12 @@ for name, entry in MODELS.items():
     for grid in grids:
         if not Path(grid).read_bytes().startswith(b"\x89PNG"):
             problems.append(f"{grid}: not a PNG")
+    if "curve_every" in entry:  # the learning curve: a validation FID at every k-th epoch and the last
+        curve = list(csv.DictReader(open(f"metrics/train/{name}/fid_curve.csv")))
+        epochs = [int(row["epoch"]) for row in curve]
+        expected_epochs = sorted({*range(entry["curve_every"], entry["epochs"] + 1, entry["curve_every"]), entry["epochs"]})
+        if epochs != expected_epochs or not all(math.isfinite(float(row["val_fid"])) for row in curve):
+            problems.append(f"metrics/train/{name}/fid_curve.csv: epochs {epochs}, expected {expected_epochs} with finite FIDs")
 
 path = "metrics/gen_xgboost.json"
 m = load_json(path)

@@ -4,6 +4,7 @@ bookkeeping, the VQ-VAE's quantiser and gradients."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -284,3 +285,75 @@ def test_impossible_settings_are_one_line_errors(make):
     with pytest.raises(ConfigError) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- sampling agrees with training (issue 32's audit)
+
+def _recording_draws(monkeypatch, module):
+    """Record every (logits, uniforms, temperature, draw) the sampler passes through `draw_levels`."""
+    seen = []
+
+    def recording(logits, uniforms, temperature):
+        drawn = draw_levels(logits, uniforms, temperature)
+        seen.append((logits.detach().double().cpu().clone(), drawn.clone()))
+        return drawn
+
+    monkeypatch.setattr(module, "draw_levels", recording)
+    return seen
+
+
+def _inverse_cdf_by_hand(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The first class whose cumulative tempered probability exceeds u (numpy, row by row): greedy decoding
+    (the argmax) or any other draw differs from it."""
+    out = []
+    for row, value in zip(logits.numpy(), u.numpy()):
+        p = np.exp((row - row.max()) / temperature)
+        cdf = np.cumsum(p / p.sum())
+        out.append(min(int(np.searchsorted(cdf, value, side="right")), len(row) - 1))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("make", [lambda: small_pixelcnn(5), lambda: small_pixelrnn(5)], ids=["pixelcnn", "pixelrnn_row"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_a_pixel_models_samples_are_drawn_from_the_distribution_its_training_loss_scores(make, temperature, monkeypatch):
+    """Sampling must feed the network what training feeds it (scale, order, type): the logits the
+    sampler drew each pixel from are those the training path (`loss`: logits of the finished image,
+    targets by rounding) gives at that pixel; each draw is the inverse-CDF draw at the seed's uniform,
+    never the argmax; so the training loss of a sample is exactly the sampler's own log-probability."""
+    import sarnet.families.pixel as pixel
+
+    model = make()
+    seen = _recording_draws(monkeypatch, pixel)
+    images = model.sample(3, torch.Generator().manual_seed(11), batch_size=3, temperature=temperature)
+    uniforms = torch.rand(3, 784, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    assert len(seen) == 784
+    x = images.reshape(3, 784).double()
+    levels = torch.stack([drawn for _, drawn in seen], dim=1)
+    assert torch.equal(model.targets(x).view(3, 784), levels)  # the loss's targets are the drawn levels
+    with torch.no_grad():
+        trained_view = model.logits(x)  # (3, levels, 28, 28): the training path on the finished images
+    for p, (logits, drawn) in enumerate(seen):
+        torch.testing.assert_close(logits, trained_view[:, :, p // 28, p % 28], rtol=1e-9, atol=1e-9)
+        assert torch.equal(drawn, _inverse_cdf_by_hand(logits, uniforms[:, p], temperature))
+    sampler_nats = -sum(torch.log_softmax(logits, 1).gather(1, drawn[:, None]).squeeze(1) for logits, drawn in seen)
+    if temperature == 1.0:
+        with torch.no_grad():
+            torch.testing.assert_close(model.loss((x,)), sampler_nats, rtol=1e-9, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["cached", "naive"])
+def test_the_vqvae_prior_samples_the_codes_its_training_loss_scores(method, monkeypatch):
+    """The prior's draws: logits those of the prior on the finished code map (its training path,
+    `prior_loss`), each draw the inverse-CDF draw at the seed's uniform."""
+    import sarnet.families.vqvae as vqvae
+
+    prior = small_vqvae(6).prior.double().eval()
+    seen = _recording_draws(monkeypatch, vqvae)
+    uniforms = torch.rand(4, GRID * GRID, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    codes = prior.sample_codes(uniforms, 1.0, method)
+    with torch.no_grad():
+        trained_view = prior(codes)
+    for p, (logits, drawn) in enumerate(seen):
+        torch.testing.assert_close(logits, trained_view[:, :, p // GRID, p % GRID].cpu(), rtol=1e-9, atol=1e-9)
+        assert torch.equal(drawn, codes.reshape(4, -1)[:, p].cpu())
+        assert torch.equal(drawn, _inverse_cdf_by_hand(logits, uniforms[:, p], 1.0))

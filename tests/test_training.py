@@ -326,3 +326,23 @@ def test_bfloat16_precision_autocasts_the_forward_and_keeps_float32_weights_and_
 def test_an_unknown_precision_is_one_line():
     with pytest.raises(ConfigError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
         TrainConfig(epochs=1, batch_size=1, lr=0.1, precision="fp8")
+
+
+def test_a_measure_after_each_epoch_joins_the_history_and_never_changes_training(tmp_path):
+    """`after_epoch` (the learning curves' validation FID) may draw from the global RNG; training must
+    be bit for bit what it is without it, and its values must survive a kill and a resume."""
+    def measure(model, epoch):
+        torch.rand(7)  # a measure that draws (e.g. sampling without its own generator)
+        return {"val": float(sum(p.sum() for p in model.parameters()))} if epoch % 2 == 0 else {}
+
+    plain, _ = run(tmp_path, "plain")
+    measured, history = run(tmp_path, "measured", after_epoch=measure)
+    for pa, pb in zip(plain.parameters(), measured.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert [sorted(r.extra) for r in history] == [[], ["val"], [], ["val"]]
+    assert history[-1].extra["val"] == pytest.approx(float(sum(p.sum() for p in measured.parameters())))
+
+    with pytest.raises(StopAfter):
+        run(tmp_path, "resumed", logger=KillAfterEpoch(2), after_epoch=measure)
+    _, resumed = run(tmp_path, "resumed", after_epoch=measure)
+    assert [r.extra for r in resumed] == [r.extra for r in history]

@@ -472,6 +472,7 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
     step_history_path: str | Path | None = None,
+    after_epoch: Callable[[nn.Module, int], dict[str, float]] | None = None,
 ) -> list[EpochRecord]:
     """Train `model` in place; write it as a model file (model_files.save_model) to `final_path` and
     return the per-epoch history.
@@ -481,17 +482,21 @@ def fit(
     `checkpoint_path` is written after every epoch and removed once `final_path` is written; if it
     exists at the start with the same configuration, training resumes after its last epoch. With
     `step_history_path`, every step's mean losses are kept, written there and sent to the logger.
+    `after_epoch(model, epoch)` (1-based) may measure the model after an epoch (a validation FID): what
+    it returns joins the epoch's record, so it is checkpointed, resumed and logged with the losses; the
+    RNG state is restored after it, so it never changes what training draws.
     """
     describe(model)  # a model that cannot be saved fails now, not after its last epoch
     with checkpoint_lock(Path(checkpoint_path)):
         return _fit(model, loss_fn, train_data, config, Path(checkpoint_path), Path(final_path), test_data,
-                    history_path, logger, device, progress, step_history_path)
+                    history_path, logger, device, progress, step_history_path, after_epoch)
 
 
 def _fit(model: nn.Module, loss_fn: PerSampleLoss | None, train_data: Sequence[torch.Tensor], config: TrainConfig,
          checkpoint_path: Path, final_path: Path, test_data: Sequence[torch.Tensor] | None,
          history_path: str | Path | None, logger: EpochLogger | None, device: torch.device | None, progress: bool,
-         step_history_path: str | Path | None) -> list[EpochRecord]:
+         step_history_path: str | Path | None,
+         after_epoch: Callable[[nn.Module, int], dict[str, float]] | None) -> list[EpochRecord]:
     device = device or default_device()
     model.to(device)
     steps = config.epochs * -(-len(train_data[0]) // config.batch_size)
@@ -506,8 +511,12 @@ def _fit(model: nn.Module, loss_fn: PerSampleLoss | None, train_data: Sequence[t
         first, *others = means
         test_loss = (evaluate_loss(model, loss_fn, test_data, config.batch_size * 4, device)
                      if test_data and loss_fn is not None else None)
-        record = EpochRecord(epoch + 1, means[first], test_loss, time.perf_counter() - started,
-                             {name: means[name] for name in others})
+        extra, seconds = {name: means[name] for name in others}, time.perf_counter() - started  # training time only
+        if after_epoch is not None:
+            rng = torch.get_rng_state()
+            extra |= after_epoch(model, epoch + 1)
+            torch.set_rng_state(rng)
+        record = EpochRecord(epoch + 1, means[first], test_loss, seconds, extra)
         _end_epoch(run, record, fingerprint, history_path, step_history_path, logger, steps_before)
     if history_path is not None and not run.history:
         write_history_csv(history_path, run.history)

@@ -59,17 +59,20 @@ class OneHotMaskedConv(nn.Module):
         return out
 
 
-class CodePrior(nn.Module):
-    """The Keras example's PixelCNN over K codes: mask-A 7×7 → C, ReLU; 2 residual blocks (1×1 C, ReLU →
-    mask-B 3×3 C/2, ReLU → 1×1 C, ReLU, plus the skip); 2 × (1×1 C, ReLU); 1×1 → K logits."""
+MAX_PRIOR_BLOCKS = 64
 
-    def __init__(self, codes: int, channels: int) -> None:
+
+class CodePrior(nn.Module):
+    """The Keras example's PixelCNN over K codes: mask-A 7×7 → C, ReLU; `blocks` residual blocks (1×1 C, ReLU →
+    mask-B 3×3 C/2, ReLU → 1×1 C, ReLU, plus the skip; the example has 2); 2 × (1×1 C, ReLU); 1×1 → K logits."""
+
+    def __init__(self, codes: int, channels: int, blocks: int = 2) -> None:
         super().__init__()
         self.codes = codes
         self.first = OneHotMaskedConv(codes, channels)
         self.blocks = nn.ModuleList(
             nn.ModuleList([nn.Conv2d(channels, channels, 1), MaskedConv2d(channels, channels // 2, 3, "B"),
-                           nn.Conv2d(channels // 2, channels, 1)]) for _ in range(2))
+                           nn.Conv2d(channels // 2, channels, 1)]) for _ in range(blocks))
         self.tail = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(2))
         self.out = nn.Conv2d(channels, codes, 1)
 
@@ -174,22 +177,25 @@ class VQVAE(GenerativeModel):
     ConvT 1) with a codebook of K vectors and a PixelCNN prior over the 7×7 codes (see the module)."""
 
     kind = "vqvae"
-    arch_keys = ("code_dim", "codebook_size", "commitment", "prior_channels", "ae_epochs", "ae_lr_decay", "prior_lr")
+    arch_keys = ("code_dim", "codebook_size", "commitment", "prior_channels", "ae_epochs", "ae_lr_decay", "prior_lr",
+                 "prior_blocks")
     sampling_keys = ("batch_size", "temperature")
 
     def __init__(self, code_dim: int, codebook_size: int, commitment: float, prior_channels: int, ae_epochs: int,
-                 ae_lr_decay: float, prior_lr: float) -> None:
+                 ae_lr_decay: float, prior_lr: float, prior_blocks: int = 2) -> None:
         super().__init__()
         for name, value in (("code_dim", code_dim), ("codebook_size", codebook_size), ("prior_channels", prior_channels),
-                            ("ae_epochs", ae_epochs)):
+                            ("ae_epochs", ae_epochs), ("prior_blocks", prior_blocks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"vqvae: {name} must be a positive integer, got {value!r}")
+        if prior_blocks > MAX_PRIOR_BLOCKS:  # one module each: a forged file's count could be millions
+            raise ConfigError(f"vqvae: prior_blocks must be at most {MAX_PRIOR_BLOCKS}, got {prior_blocks}")
         for name, value in (("commitment", commitment), ("ae_lr_decay", ae_lr_decay), ("prior_lr", prior_lr)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"vqvae: {name} must be a number > 0, got {value!r}")
         self.model_args = {"code_dim": int(code_dim), "codebook_size": int(codebook_size), "commitment": float(commitment),
                            "prior_channels": int(prior_channels), "ae_epochs": int(ae_epochs),
-                           "ae_lr_decay": float(ae_lr_decay), "prior_lr": float(prior_lr)}
+                           "ae_lr_decay": float(ae_lr_decay), "prior_lr": float(prior_lr), "prior_blocks": int(prior_blocks)}
         self.commitment, self.ae_epochs, self.ae_lr_decay, self.prior_lr = commitment, ae_epochs, ae_lr_decay, prior_lr
         self.encoder = nn.Sequential(nn.Conv2d(1, 32, 3, 2, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, padding=1),
                                      nn.ReLU(), nn.Conv2d(64, code_dim, 1))
@@ -199,7 +205,7 @@ class VQVAE(GenerativeModel):
             nn.ConvTranspose2d(code_dim, 64, 3, 2, padding=1, output_padding=1), nn.ReLU(),
             nn.ConvTranspose2d(64, 32, 3, 2, padding=1, output_padding=1), nn.ReLU(),
             nn.ConvTranspose2d(32, 1, 3, padding=1))
-        self.prior = CodePrior(codebook_size, prior_channels)
+        self.prior = CodePrior(codebook_size, prior_channels, prior_blocks)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 784) pixels -> z_e (N, D, 7, 7), from the centred image x − 0.5."""
@@ -253,10 +259,16 @@ class VQVAE(GenerativeModel):
         with evaluating(self):
             codes = self.quantize(self.encode(x))
             prior_nats = float(F.cross_entropy(self.prior(codes), codes, reduction="none").sum(dim=(1, 2)).mean())
+            # The prior's NLL of 100 of its own code maps (temperature 1): far above its test NLL, sampling
+            # and training would disagree (docs/baselines.md "Audit").
+            uniforms = torch.rand(100, GRID * GRID, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            own = self.prior.sample_codes(uniforms, 1.0)
+            own_nats = float(F.cross_entropy(self.prior(own), own, reduction="none").sum(dim=(1, 2)).mean())
         return super().test_metrics(x) | {
             "codebook_perplexity": perplexity(codes, self.codebook.num_embeddings),
             "codes_used": float(torch.unique(codes).numel()),
-            "prior_test_nll_nats": prior_nats, "prior_test_bits_per_code": prior_nats / (GRID * GRID * math.log(2))}
+            "prior_test_nll_nats": prior_nats, "prior_test_bits_per_code": prior_nats / (GRID * GRID * math.log(2)),
+            "prior_sample_nll_nats": own_nats, "prior_sample_bits_per_code": own_nats / (GRID * GRID * math.log(2))}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, *, batch_size: int, temperature: float,
