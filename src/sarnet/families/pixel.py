@@ -228,7 +228,7 @@ class PixelRNN(_PixelModel):
         this_c = [zeros(IMAGE_SIZE) for _ in self.rows]
         row_taps = [(0, -1), (0, 0)]
         w_first = self.first.tap_weight()
-        w_in = [(layer.input_to_state.weight[:, :, 0, :2].reshape(4 * hidden, -1).t(), layer.input_to_state.bias)
+        w_in = [(layer.input_to_state.weight[:, :, 0, :2].transpose(1, 2).reshape(4 * hidden, -1).t(), layer.input_to_state.bias)
                 for layer in self.rows]
         w_state = [(layer.state_to_state.weight.reshape(4 * hidden, -1).t(), layer.state_to_state.bias) for layer in self.rows]
         levels = torch.zeros(n, PIXELS, dtype=torch.long)

@@ -39,28 +39,45 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
     def tap_weight(self) -> torch.Tensor:
-        """(in_channels·taps, out_channels): the allowed taps as one matrix, channel-major like `gather`."""
+        """(taps·in_channels, out_channels): the allowed taps as one matrix, tap-major like `PaddedMap.gather`."""
         k = self.kernel_size[0]
         rows = torch.tensor([dy + k // 2 for dy, _ in self.taps])
         cols = torch.tensor([dx + k // 2 for _, dx in self.taps])
-        return self.weight[:, :, rows, cols].reshape(self.out_channels, -1).t()
+        return self.weight[:, :, rows, cols].permute(0, 2, 1).reshape(self.out_channels, -1).t()
 
 
 class PaddedMap:
-    """A layer's activations (N, C, size, size) kept with a zero border, filled in one position at a time."""
+    """A layer's activations kept position-major with a zero border, (size + 2·pad, size + 2·pad, N, C),
+    filled in one position at a time. Position-major makes a position's (N, C) block, and the taps of one
+    row, contiguous: a gather is a few views and one copy, not an indexed read spread over the whole
+    batch's maps (the samplers' cost)."""
 
     def __init__(self, n: int, channels: int, pad: int, like: torch.Tensor, size: int = IMAGE_SIZE) -> None:
         self.pad = pad
-        self.data = torch.zeros(n, channels, size + 2 * pad, size + 2 * pad, dtype=like.dtype, device=like.device)
+        self.data = torch.zeros(size + 2 * pad, size + 2 * pad, n, channels, dtype=like.dtype, device=like.device)
+        self._runs: dict[tuple[tuple[int, int], ...], list[tuple[int, int, int]]] = {}
+
+    def _row_runs(self, taps: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """The taps as (dy, first dx, last dx + 1) runs of consecutive columns, in the taps' order."""
+        key = tuple(taps)
+        if key not in self._runs:
+            runs: list[tuple[int, int, int]] = []
+            for dy, dx in key:
+                if runs and runs[-1][0] == dy and runs[-1][2] == dx:
+                    runs[-1] = (dy, runs[-1][1], dx + 1)
+                else:
+                    runs.append((dy, dx, dx + 1))
+            self._runs[key] = runs
+        return self._runs[key]
 
     def gather(self, r: int, c: int, taps: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """(N, C·taps) of the taps around (r, c), channel-major (as MaskedConv2d.tap_weight)."""
-        rows = torch.tensor([r + dy + self.pad for dy, _ in taps], device=self.data.device)
-        cols = torch.tensor([c + dx + self.pad for _, dx in taps], device=self.data.device)
-        return self.data[:, :, rows, cols].reshape(len(self.data), -1)
+        """(N, taps·C) of the taps around (r, c), tap-major (as MaskedConv2d.tap_weight)."""
+        r, c = r + self.pad, c + self.pad
+        parts = [self.data[r + dy, c + x0 : c + x1] for dy, x0, x1 in self._row_runs(taps)]
+        return torch.cat(parts).transpose(0, 1).reshape(self.data.shape[2], -1)
 
     def write(self, r: int, c: int, values: torch.Tensor) -> None:
-        self.data[:, :, r + self.pad, c + self.pad] = values
+        self.data[r + self.pad, c + self.pad] = values
 
 
 def draw_levels(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
