@@ -99,3 +99,24 @@ def spread_vae(latent_dim: int, seed: int = 0):
             layer.weight.mul_(2.5)
         model.decoder.layers[-1].bias.uniform_(-3.5, 1.5)
     return model
+
+
+def reference_row_lstm_layer(layer, x: torch.Tensor) -> torch.Tensor:
+    """A Row LSTM layer written with torch's convolutions, channels-first (N, 2h, 28, 28), row by row:
+    the masked width-3 input-to-state convolution, the width-3 convolution of the row above's state,
+    the LSTM cell, and the 1×1 projection added back."""
+    import torch.nn.functional as F
+
+    weight = layer.input_to_state.weight.clone()
+    weight[..., 2] = 0  # the (c − 1, c) row mask
+    gates_in = F.conv2d(x, weight, layer.input_to_state.bias, padding=(0, 1))
+    h = torch.zeros(len(x), layer.hidden, x.shape[3], dtype=x.dtype)
+    c = torch.zeros_like(h)
+    rows = []
+    for r in range(x.shape[2]):
+        gates = gates_in[:, :, r, :] + F.conv1d(h, layer.state_to_state.weight, layer.state_to_state.bias, padding=1)
+        i, f, o, g = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        rows.append(h)
+    return x + F.conv2d(torch.stack(rows, dim=2), layer.project.weight, layer.project.bias)

@@ -16,6 +16,8 @@ from sarnet.families.pixel import PixelCNN, PixelRNN, RowLSTM
 from sarnet.families.vqvae import GRID, VQVAE, CodePrior, OneHotMaskedConv, PhasedStep, perplexity
 from sarnet.masked.conv import MaskedConv2d, causal_mask, draw_levels
 
+from reference import reference_row_lstm_layer
+
 SAMPLING = {"batch_size": 3, "temperature": 1.0}
 
 
@@ -176,6 +178,15 @@ def test_a_row_lstm_cell_by_hand():
     c_hand = sig(-1.0) * 0.7 + sig(0.5) * math.tanh(0.3)
     assert c.item() == pytest.approx(c_hand, rel=1e-6)
     assert h.item() == pytest.approx(sig(2.0) * math.tanh(c_hand), rel=1e-6)
+
+
+def test_a_row_lstm_layer_equals_the_same_layer_written_with_torchs_convolutions():
+    torch.manual_seed(3)
+    layer = RowLSTM(5).double()
+    x = torch.randn(3, 10, 28, 28, dtype=torch.float64)
+    expected = reference_row_lstm_layer(layer, x)
+    got = layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def images(n: int = 256, seed: int = 0) -> torch.Tensor:
