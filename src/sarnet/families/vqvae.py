@@ -130,7 +130,11 @@ def perplexity(codes: torch.Tensor, size: int) -> float:
 
 class PhasedStep:
     """The autoencoder for `ae_epochs` epochs (Adam at config.lr, × ae_lr_decay per epoch), then the prior on
-    the frozen encoder's codes (Adam at prior_lr) for the remaining epochs."""
+    the frozen encoder's codes (Adam at prior_lr) for the remaining epochs.
+
+    With the model's `code_restarts`, every autoencoder epoch but the last ends by moving each code no
+    encoder output chose during the epoch onto a random encoder output of the epoch's last batch
+    (docs/baselines.md "VQ-VAE with a PixelCNN prior": without it most of the codebook never gets used)."""
 
     def __init__(self, model: "VQVAE", config: TrainConfig, total_steps: int) -> None:
         if config.optimizer != "adam" or config.lr_schedule != "constant" or config.reduction != "mean":
@@ -146,6 +150,8 @@ class PhasedStep:
             self.ae_optimizer, lambda step: model.ae_lr_decay ** (step // steps_per_epoch))
         self.prior_optimizer = torch.optim.Adam(model.prior.parameters(), lr=model.prior_lr)
         self.done = 0
+        self.steps_per_epoch = steps_per_epoch
+        self.usage = torch.zeros(model.codebook.num_embeddings, dtype=torch.long)  # code counts this epoch
 
     def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x = batch[0]
@@ -159,17 +165,34 @@ class PhasedStep:
         if autoencoding:
             self.ae_schedule.step()
         self.done += 1
+        if autoencoding and self.model.code_restarts:
+            self._count_and_restart(x)
         return {"loss": losses.detach()}
+
+    @torch.no_grad()
+    def _count_and_restart(self, x: torch.Tensor) -> None:
+        z_e = self.model.encode(x)
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
+        codes = torch.cdist(flat, self.model.codebook.weight).argmin(dim=1)
+        self.usage += torch.bincount(codes.cpu(), minlength=len(self.usage))
+        if self.done % self.steps_per_epoch or self.done >= self.ae_steps:
+            return  # mid-epoch, or the autoencoder's last epoch: the decoder would never learn a moved code
+        dead = (self.usage == 0).nonzero().flatten()
+        if len(dead):
+            picks = torch.randint(len(flat), (len(dead),))
+            self.model.codebook.weight[dead.to(flat.device)] = flat[picks.to(flat.device)]
+        self.usage.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {"autoencoder": self.ae_optimizer.state_dict(), "schedule": self.ae_schedule.state_dict(),
-                "prior": self.prior_optimizer.state_dict(), "done": self.done}
+                "prior": self.prior_optimizer.state_dict(), "done": self.done, "usage": self.usage.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ae_optimizer.load_state_dict(state["autoencoder"])
         self.ae_schedule.load_state_dict(state["schedule"])
         self.prior_optimizer.load_state_dict(state["prior"])
         self.done = int(state["done"])
+        self.usage = state["usage"].clone()
 
 
 class VQVAE(GenerativeModel):
@@ -178,11 +201,11 @@ class VQVAE(GenerativeModel):
 
     kind = "vqvae"
     arch_keys = ("code_dim", "codebook_size", "commitment", "prior_channels", "ae_epochs", "ae_lr_decay", "prior_lr",
-                 "prior_blocks")
+                 "prior_blocks", "code_restarts")
     sampling_keys = ("batch_size", "temperature")
 
     def __init__(self, code_dim: int, codebook_size: int, commitment: float, prior_channels: int, ae_epochs: int,
-                 ae_lr_decay: float, prior_lr: float, prior_blocks: int = 2) -> None:
+                 ae_lr_decay: float, prior_lr: float, prior_blocks: int = 2, code_restarts: bool = False) -> None:
         super().__init__()
         for name, value in (("code_dim", code_dim), ("codebook_size", codebook_size), ("prior_channels", prior_channels),
                             ("ae_epochs", ae_epochs), ("prior_blocks", prior_blocks)):
@@ -190,13 +213,17 @@ class VQVAE(GenerativeModel):
                 raise ConfigError(f"vqvae: {name} must be a positive integer, got {value!r}")
         if prior_blocks > MAX_PRIOR_BLOCKS:  # one module each: a forged file's count could be millions
             raise ConfigError(f"vqvae: prior_blocks must be at most {MAX_PRIOR_BLOCKS}, got {prior_blocks}")
+        if not isinstance(code_restarts, bool):
+            raise ConfigError(f"vqvae: code_restarts must be true or false, got {code_restarts!r}")
         for name, value in (("commitment", commitment), ("ae_lr_decay", ae_lr_decay), ("prior_lr", prior_lr)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"vqvae: {name} must be a number > 0, got {value!r}")
         self.model_args = {"code_dim": int(code_dim), "codebook_size": int(codebook_size), "commitment": float(commitment),
                            "prior_channels": int(prior_channels), "ae_epochs": int(ae_epochs),
-                           "ae_lr_decay": float(ae_lr_decay), "prior_lr": float(prior_lr), "prior_blocks": int(prior_blocks)}
+                           "ae_lr_decay": float(ae_lr_decay), "prior_lr": float(prior_lr), "prior_blocks": int(prior_blocks),
+                           "code_restarts": code_restarts}
         self.commitment, self.ae_epochs, self.ae_lr_decay, self.prior_lr = commitment, ae_epochs, ae_lr_decay, prior_lr
+        self.code_restarts = code_restarts
         self.encoder = nn.Sequential(nn.Conv2d(1, 32, 3, 2, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, padding=1),
                                      nn.ReLU(), nn.Conv2d(64, code_dim, 1))
         self.codebook = nn.Embedding(codebook_size, code_dim)
