@@ -217,3 +217,84 @@ def test_explain_defaults_come_from_the_figure_set_in_params(vae_file, data_file
           "--npz", str(tmp_path / "e.npz"), "--params", PARAMS])
     figure = yaml.safe_load(Path(PARAMS).read_text())["figures"]["mnist_5"]
     assert np.load(tmp_path / "e.npz")["targets"].tolist() == figure["targets"]
+
+
+# ---------------------------------------------------------------- sarnet score
+
+def blob_images(n: int, seed: int, size: int = 6) -> np.ndarray:
+    """(n, 28, 28) uint8: one bright rectangle per image at a random place."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for image, (r, c) in zip(images, rng.integers(3, 28 - size - 3, (n, 2))):
+        image[r : r + size, c : c + size // 2 + 2] = rng.integers(120, 256)
+    return images
+
+
+def textbook_fid_of_instrument(path: str, a: np.ndarray, b: np.ndarray) -> float:
+    """The instrument's logits of [0, 1] images mapped to [−1, 1], and the textbook FID (scipy's sqrtm)."""
+    import scipy.linalg
+    from sarnet.instruments.loader import load_instrument
+
+    net = load_instrument(path)
+    with torch.no_grad():
+        fa, fb = (net(torch.from_numpy(x).float().div(255).unsqueeze(1) * 2 - 1).double().numpy() for x in (a, b))
+    mu1, mu2, s1, s2 = fa.mean(0), fb.mean(0), np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2))))
+
+
+def test_score_is_the_textbook_fid_of_both_frozen_instruments(tmp_path, capsys):
+    import json
+
+    a, b = blob_images(300, seed=1), blob_images(400, seed=2, size=8)
+    np.savez_compressed(tmp_path / "a.npz", images=a)
+    np.savez_compressed(tmp_path / "b.npz", images=b.reshape(400, 784).astype(np.float32) / 255)  # floats, flat
+    main(["score", "--images", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "b.npz"),
+          "--json", str(tmp_path / "fid.json")])
+    fids = json.loads((tmp_path / "fid.json").read_text())["fid"]
+    assert fids["cnn"] == pytest.approx(textbook_fid_of_instrument("models/classifier/mnist.safetensors", a, b), rel=1e-4)
+    assert fids["mlp"] == pytest.approx(textbook_fid_of_instrument("models/classifier/mnist_mlp.safetensors", a, b), rel=1e-4)
+    assert fids["cnn"] > 1 and fids["mlp"] > 1  # two different sets
+    assert f"cnn {fids['cnn']:.3f}, mlp {fids['mlp']:.3f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("missing", "no such file"),
+    ("text", "not an .npz file"),
+    ("objects", "not a readable .npz of arrays"),
+    ("no_images", "no `images` array (has: pixels)"),
+    ("few", "5 images; an FID needs 20 to 100,000"),
+    ("shape", "`images` must be (N, 28, 28) or (N, 784), got (30, 27, 28)"),
+    ("range", "float images must be finite and in [0, 1]"),
+    ("ints", "`images` must be uint8 bytes or floats in [0, 1], got int64"),
+    ("forged", "`images` has shape (1000000000, 28, 28); at most 100,000 images"),
+])
+def test_score_bad_input_gives_one_line_error(content, message, tmp_path, capsys):
+    import io
+    import zipfile
+
+    path = tmp_path / "x.npz"
+    if content == "text":
+        path.write_text("images")
+    elif content == "objects":
+        np.savez(path, images=np.array([{"a": 1}] * 30, dtype=object))
+    elif content == "no_images":
+        np.savez(path, pixels=np.zeros((30, 28, 28), np.uint8))
+    elif content == "few":
+        np.savez(path, images=np.zeros((5, 28, 28), np.uint8))
+    elif content == "shape":
+        np.savez(path, images=np.zeros((30, 27, 28), np.uint8))
+    elif content == "range":
+        np.savez(path, images=np.full((30, 28, 28), 2.0))
+    elif content == "ints":
+        np.savez(path, images=np.zeros((30, 28, 28), np.int64))
+    elif content == "forged":  # a header claiming 10⁹ images, and no data
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("images.npy", header.getvalue())
+    np.savez(tmp_path / "ok.npz", images=blob_images(30, seed=0))
+    with pytest.raises(SystemExit) as info:
+        main(["score", "--images", str(path), "--reference", str(tmp_path / "ok.npz")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err

@@ -456,6 +456,85 @@ def _interpolate(args: argparse.Namespace) -> None:
         print(f"wrote {args.npz}")
 
 
+MIN_SCORE_IMAGES = 20  # a covariance of the 10 logits needs well over 10 images
+
+
+def _read_images(path: str) -> "torch.Tensor":
+    """The `images` array of an .npz file as (N, 28, 28) float32 in [0, 1]: uint8 bytes (/ 255), as the
+    evaluations commit them, or floats in [0, 1], as `sarnet sample --npz` writes them."""
+    import numpy as np
+    import torch
+
+    from sarnet.core.params import MAX_IMAGES
+
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise SarnetError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise SarnetError(f"{path}: not an .npz file (an .npz is a zip archive of arrays)")
+    try:  # the shape from the array's header first: a forged file could claim any size
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = header(member)[0]
+        if int(np.prod(shape, dtype=np.float64)) > MAX_IMAGES * 28 * 28:
+            raise SarnetError(f"{path}: `images` has shape {shape}; at most {MAX_IMAGES:,} images of 28×28")
+    except KeyError:
+        pass  # no images.npy member: reported below with the arrays the file has
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise SarnetError(f"{path}: not a readable .npz of arrays ({exc})") from None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files:
+                raise SarnetError(f"{path}: no `images` array (has: {', '.join(npz.files) or 'none'})")
+            images = npz["images"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # an object array, a damaged member
+        raise SarnetError(f"{path}: not a readable .npz of arrays ({exc})") from None
+    if images.ndim == 2 and images.shape[1] == 28 * 28:
+        images = images.reshape(-1, 28, 28)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise SarnetError(f"{path}: `images` must be (N, 28, 28) or (N, 784), got {images.shape}")
+    if not MIN_SCORE_IMAGES <= len(images) <= MAX_IMAGES:
+        raise SarnetError(f"{path}: {len(images)} images; an FID needs {MIN_SCORE_IMAGES} to {MAX_IMAGES:,}")
+    if images.dtype == np.uint8:
+        return torch.from_numpy(images.astype(np.float32) / 255.0)
+    if images.dtype.kind != "f":
+        raise SarnetError(f"{path}: `images` must be uint8 bytes or floats in [0, 1], got {images.dtype}")
+    images = images.astype(np.float32)
+    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise SarnetError(f"{path}: float images must be finite and in [0, 1]")
+    return torch.from_numpy(images)
+
+
+def _score(args: argparse.Namespace) -> None:
+    import json
+
+    from sarnet.instruments.classifier import INSTRUMENT_NAMES, instrument_path
+    from sarnet.instruments.fid import FidScorer
+    from sarnet.instruments.loader import load_instrument
+
+    images, reference = _read_images(args.images), _read_images(args.reference)
+    _check_outputs(args.json)
+    fids = {}
+    for instrument in INSTRUMENT_NAMES:
+        path = os.path.join(args.classifiers, instrument_path(args.dataset, instrument).name)
+        if not os.path.isfile(path):
+            raise SarnetError(f"{path}: no {instrument} instrument for {args.dataset} (see --classifiers)")
+        fids[instrument] = FidScorer(load_instrument(path, instrument=instrument)).fid(images, reference)
+    print(f"FID of {args.images} ({len(images)} images) against {args.reference} ({len(reference)}), "
+          f"{args.dataset} instruments: " + ", ".join(f"{k} {v:.3f}" for k, v in fids.items()))
+    if args.json:
+        from sarnet.core.files import write_text
+
+        write_text(args.json, json.dumps({"images": args.images, "reference": args.reference, "dataset": args.dataset,
+                                          "n_images": len(images), "n_reference": len(reference), "fid": fids},
+                                         indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def _add_model_and_test_data(p: argparse.ArgumentParser, model_help: str, digit: int, digit_help: str) -> None:
     """The options every command on a trained model and test images shares."""
     p.add_argument("--model", required=True, help=model_help)
@@ -489,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)
+
+    p = sub.add_parser("score", help="FID of one .npz of images against another, by both frozen instruments")
+    p.add_argument("--images", required=True, help=".npz with an `images` array: (N, 28, 28) uint8, or floats in [0, 1]")
+    p.add_argument("--reference", required=True, help="the .npz to score against, same format")
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion"), help="whose instruments score them")
+    p.add_argument("--classifiers", default="models/classifier", help="folder of the frozen instruments")
+    p.add_argument("--json", help="also write the FIDs as JSON")
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("sample", help="generate images from a trained model into a PNG grid")
     p.add_argument("--model", required=True, help="model file, e.g. models/sarnet_vae/sarnet_vae_L128.safetensors")
