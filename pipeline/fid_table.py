@@ -14,7 +14,7 @@ from sarnet.core.files import write_json, write_text
 from sarnet.core.model_files import THESIS_KINDS, variant_of
 from sarnet.core.params import check_keys, read_params_file, resolve_models
 from sarnet.report import (FidRow, ablation_markdown, agreement_markdown, budget_markdown, describe_variant,
-                           fid_table_markdown, plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
+                           fid_table_markdown, plot_fid_overview, plot_fid_vs_latent, scores_markdown, write_latent_csv, write_sets_csv)
 from sarnet.tracking import stage_run
 
 OUT = Path("metrics")
@@ -109,6 +109,7 @@ def main() -> None:
     write_sets_csv(rows, OUT / "fid_sets.csv")
     write_latent_csv(rows, latent_dims, thesis, OUT / "fid_vs_latent.csv")
     plot_fid_vs_latent(rows, latent_dims, thesis, OUT / "fid_vs_latent.png")
+    plot_fid_overview(rows, thesis, OUT / "fid_overview.png")
     write_json(OUT / "fid.json", {r.name: {i: dict(zip(("mean", "std"), r.by(i))) for i in ("cnn", "mlp") if r.by(i)}
                                   | {"sets": r.sets} for r in rows})
     write_json(OUT / "wall_time.json", {"stages": seconds, "total_seconds": round(sum(seconds.values()), 1),
@@ -120,7 +121,7 @@ def main() -> None:
         tracker.log_metrics({f"fid_{i}_{stat}.{r.name}": value for r in rows for i in ("cnn", "mlp") if r.by(i)
                              for stat, value in zip(("mean", "std"), r.by(i))})
         for name in ("fid_table.md", "sarnet_ablation.md", "budgets.md", "fid_sets.csv", "fid_vs_latent.png",
-                     "wall_time.json"):
+                     "fid_overview.png", "wall_time.json"):
             tracker.log_artifact(OUT / name)
     write_timing("fid_table")  # its own seconds and provenance; not in wall_time.json, written before it
     print(table)

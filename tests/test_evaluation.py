@@ -215,3 +215,26 @@ def test_latent_csv_and_plot(tmp_path):
     assert float(lines[1]["conv_vae_thesis"]) == 2.018
     plot_fid_vs_latent(rows(), [128, 8], THESIS, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_overview_draws_every_row_with_both_instruments_and_the_thesiss_value(tmp_path):
+    from PIL import Image
+
+    from sarnet.report import plot_fid_overview
+
+    rows = [
+        FidRow("sarnet_vae_L128", "sarnet_vae", 128, {"cnn": [1.0, 3.0], "mlp": [2.0, 4.0]}, 2.0, 1.0),
+        FidRow("sarnet_vae_fashion_L128", "sarnet_vae", 128, {"cnn": [6.0, 8.0]}, 7.0, 1.0, variant="fashion"),
+        FidRow("sarnet", "sarnet", None, {"cnn": [30.0]}, 30.0, 0.0),
+        FidRow("dcgan", "dcgan", None, {"cnn": [9.0, 11.0], "mlp": [5.0, 5.0]}, 10.0, 1.0, baseline=True),
+    ]
+    thesis = {"sarnet_vae": {128: [1.5, 0.1]}, "sarnet": [29.0, None], "variants": {"sarnet_vae_fashion_L128": [6.28, 0.1]},
+              "dcgan": [99.0, None]}  # a baseline never takes a thesis value, even one of its kind's name
+    points = plot_fid_overview(rows, thesis, tmp_path / "overview.png")
+    assert [(p.name, p.family, p.thesis) for p in points] == [
+        ("sarnet_vae_L128", "SarNET VAE", 1.5), ("sarnet_vae_fashion_L128", "SarNET VAE", 6.28),
+        ("sarnet", "simple SarNET", 29.0), ("dcgan", "GANs", None)]
+    assert points[0].cnn == (2.0, 1.0) and points[0].mlp == (3.0, 1.0)  # the MLP's mean and population std by hand
+    assert points[1].mlp is None and points[3].mlp == (5.0, 0.0)
+    with Image.open(tmp_path / "overview.png") as png:
+        assert png.format == "PNG" and png.width > 600

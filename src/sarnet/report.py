@@ -1,5 +1,5 @@
-"""The FID table in the layout of the thesis's Table 4.1, its per-set CSV and the FID-vs-latent plot, and
-the tables of §4.1's simple-SarNET ablations (loss, patch size)."""
+"""The FID table in the layout of the thesis's Table 4.1, its per-set CSV, the FID-vs-latent plot and the
+overview of every model, and the tables of §4.1's simple-SarNET ablations (loss, patch size)."""
 
 from __future__ import annotations
 
@@ -213,6 +213,83 @@ def plot_fid_vs_latent(rows: Sequence[FidRow], latent_dims: Sequence[int], thesi
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+# Colours of the overview by family (a kind's family: families/ modules); the thesis's own models first.
+OVERVIEW_FAMILIES = {"sarnet_vae": ("SarNET VAE", "tab:blue"), "conv_vae": ("conv VAE", "tab:orange"),
+                     "beta_vae": ("conv VAE", "tab:orange"), "sarnet": ("simple SarNET", "tab:cyan"),
+                     "gen_xgboost": ("generative XGBoost", "tab:olive"), "gan_mlp": ("GANs", "tab:red"),
+                     "dcgan": ("GANs", "tab:red"), "pixelcnn": ("pixel models", "tab:purple"),
+                     "pixelrnn_row": ("pixel models", "tab:purple"), "vqvae": ("VQ-VAE", "tab:green")}
+
+
+@dataclass(frozen=True)
+class OverviewPoint:
+    """One bar pair of the overview: a model's FID by each instrument, and the thesis's where it has one."""
+
+    name: str
+    family: str
+    cnn: tuple[float, float]
+    mlp: tuple[float, float] | None
+    thesis: float | None
+
+
+def thesis_fid(row: FidRow, thesis: Mapping) -> float | None:
+    """The thesis's FID of the model a row is (its Table 4.1 cell, single model or variant), as the table finds it."""
+    if row.baseline:
+        return None
+    if row.variant is not None:
+        value = (thesis.get("variants") or {}).get(row.name)
+    elif row.latent_dim is not None:
+        value = (thesis.get(row.kind) or {}).get(row.latent_dim)
+    else:
+        value = thesis.get(row.kind)
+    return None if value is None else float(value[0])
+
+
+def overview_points(rows: Sequence[FidRow], thesis: Mapping) -> list[OverviewPoint]:
+    """Every row of the table, in its order, with its family's name and both instruments' (mean, std)."""
+    return [OverviewPoint(r.name, OVERVIEW_FAMILIES.get(r.kind, (r.kind, "tab:gray"))[0], r.by("cnn"), r.by("mlp"),
+                          thesis_fid(r, thesis)) for r in rows]
+
+
+def plot_fid_overview(rows: Sequence[FidRow], thesis: Mapping, path: str | os.PathLike) -> list[OverviewPoint]:
+    """PNG of the whole comparison: a horizontal bar pair per model (CNN filled, MLP hatched; error bars the std
+    over sets) on a log axis, bars coloured by family, the thesis's value (its own classifier's scale) as a
+    black mark. Returns what it drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    points = overview_points(rows, thesis)
+    colour = {label: c for label, c in OVERVIEW_FAMILIES.values()}
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(points) + 1.6), dpi=110)
+    height = 0.38
+    for i, point in enumerate(points):
+        c = colour.get(point.family, "tab:gray")
+        ax.barh(i - height / 2, point.cnn[0], height, xerr=point.cnn[1], color=c, capsize=2)
+        if point.mlp is not None:
+            ax.barh(i + height / 2, point.mlp[0], height, xerr=point.mlp[1], color=c, alpha=0.45, hatch="///",
+                    capsize=2)
+        if point.thesis is not None:
+            ax.plot(point.thesis, i, marker="D", color="black", markersize=4)
+    ax.set_yticks(range(len(points)), [p.name for p in points], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("FID, mean ± std over sets (log scale; lower is better)")
+    handles = [Patch(color=colour[f], label=f) for f in dict.fromkeys(p.family for p in points) if f in colour]
+    handles += [Patch(facecolor="white", edgecolor="black", label="CNN instrument (solid)"),
+                Patch(facecolor="white", edgecolor="black", hatch="///", label="MLP instrument (hatched)"),
+                plt.Line2D([], [], marker="D", color="black", linestyle="", label="thesis (its own classifier)")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never on them
+    ax.set_title("Every model's FID by both instruments")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return points
 
 
 def _fid_cell(row: FidRow | None) -> str:
