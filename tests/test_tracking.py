@@ -272,6 +272,50 @@ def test_evaluation_logs_fid_onto_the_run_that_trained_the_model(isolated_store,
     assert "no MLflow run trained" in capsys.readouterr().err
 
 
+def test_a_trained_model_is_an_external_logged_model_with_its_evaluations_scores(isolated_store, tmp_path, capsys):
+    import hashlib
+    import json
+
+    weights, data = tmp_path / "dcgan.safetensors", tmp_path / "mnist.npz"
+    weights.write_bytes(b"dcgan weights")
+    data.write_bytes(b"prepared fives")
+    with stage_run("train@dcgan", params={"epochs": 138}) as train:
+        model_id = train.log_model(weights, "dcgan", "dcgan", {"width": 128, "noise_dim": 100})
+        train.log_dataset(data, "mnist-5", "training", {"digit": 5, "images": 5421})
+    with stage_run("train@other") as other:  # another model: its scores must not reach dcgan
+        other.log_model(tmp_path / "missing.safetensors", "other", "vqvae", {})
+    with stage_run("evaluate@dcgan") as evaluation:
+        assert evaluation.log_model_metrics(weights, {"fid_cnn": 9.75, "fid_mlp": 8.1}) == model_id
+
+    client = _client()
+    experiment = client.get_experiment_by_name("sarnet").experiment_id
+    models = {m.name: m for m in client.search_logged_models([experiment])}
+    assert set(models) == {"dcgan", "other"}
+    model = models["dcgan"]
+    assert model.model_id == model_id and model.source_run_id == train.run_id and str(model.status) == "READY"
+    md5 = hashlib.md5(b"dcgan weights").hexdigest()
+    assert model.params == {"kind": "dcgan", "dvc.path": weights.as_posix(), "dvc.md5": md5, "arch.width": "128",
+                            "arch.noise_dim": "100"}
+    assert model.tags["mlflow.model.isExternal"] == "true" and model.tags["model.md5"] == md5
+    assert {m.key: m.value for m in model.metrics} == {"fid_cnn": 9.75, "fid_mlp": 8.1}
+    assert {m.run_id for m in model.metrics} == {evaluation.run_id}
+    assert models["other"].metrics in (None, [])
+    assert _client().list_artifacts(train.run_id) == []  # weights are referenced, never copied
+    trained = client.get_run(train.run_id)
+    (dataset_input,) = trained.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "mnist-5"
+    assert dataset_input.dataset.digest == hashlib.md5(b"prepared fives").hexdigest()
+    assert json.loads(dataset_input.dataset.profile) == {"digit": 5, "images": 5421}
+    assert [t.value for t in dataset_input.tags if t.key == "mlflow.data.context"] == ["training"]
+    assert [m.model_id for m in trained.outputs.model_outputs] == [model_id]
+    assert [m.model_id for m in client.get_run(evaluation.run_id).inputs.model_inputs] == [model_id]
+
+    weights.write_bytes(b"retrained differently")
+    with stage_run("evaluate@dcgan") as again:
+        assert again.log_model_metrics(weights, {"fid_cnn": 1.0}) is None
+    assert "no MLflow logged model holds" in capsys.readouterr().err
+
+
 def _fake_dvc(isolated_store, script: str):
     bin_dir = isolated_store / "bin"
     bin_dir.mkdir(exist_ok=True)

@@ -137,6 +137,83 @@ class Tracker:
         if Path(path).exists():
             self._call("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_model(self, path: str | os.PathLike, name: str, kind: str, arch: Mapping[str, Any],
+                  model_type: str = "generator") -> str | None:
+        """The model file at `path` as an MLflow 3 logged model made by this run. It is external: the
+        weights stay in DVC, and the model records their DVC path and md5, its kind and its architecture
+        as params (MLflow's model view lists and sorts them). The run also keeps its `model.path` and
+        `model.md5` tags. Returns the model's id; None when untracked."""
+        reference = model_reference(path)
+        self.set_tags(reference)
+        if not self.enabled:
+            return None
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+
+        params = {"kind": kind, "dvc.path": reference["model.path"], "dvc.md5": reference.get("model.md5", "")}
+        params |= flatten(arch, "arch.")
+        created: list[str] = []
+
+        def create() -> None:
+            experiment_id = self._client.get_run(self.run_id).info.experiment_id
+            model = self._client.create_logged_model(
+                experiment_id, name=name, source_run_id=self.run_id, model_type=model_type,
+                tags={MLFLOW_MODEL_IS_EXTERNAL: "true", **reference}, params={k: v[:6000] for k, v in params.items()})
+            self._client.finalize_logged_model(model.model_id, "READY")
+            self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, 0)])
+            created.append(model.model_id)
+
+        self._call("log_model", create)
+        return created[0] if created else None
+
+    def log_dataset(self, path: str | os.PathLike, name: str, context: str, profile: Mapping[str, Any]) -> None:
+        """The prepared file this run read, as an MLflow dataset input: its name (e.g. `mnist-5`), the
+        file's md5 as the digest, its path as the source, and `profile` (digit, number of images)."""
+        if not self.enabled:
+            return
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        try:
+            digest = _file_md5(Path(path))
+        except OSError:
+            digest = "missing"  # the reference is a convenience: never a reason to fail the stage
+        dataset = Dataset(name, digest, "local", Path(path).as_posix(), None, json.dumps(dict(profile), sort_keys=True))
+        entry = DatasetInput(dataset, [InputTag("mlflow.data.context", context)])
+        self._call("log_dataset", lambda: self._client.log_inputs(self.run_id, datasets=[entry]))
+
+    def log_model_metrics(self, path: str | os.PathLike, metrics: Mapping[str, float]) -> str | None:
+        """Log `metrics` on this run against the logged model of the file at `path` (found by its md5),
+        so the model view shows them beside the model, and record the model as this run's input. Returns
+        the model's id; None (with a warning) when no logged model holds that file."""
+        if not self.enabled:
+            return None
+        md5 = model_reference(path).get("model.md5")
+        found: list[str] = []
+
+        def link() -> None:
+            from mlflow.entities import LoggedModelInput, Metric
+
+            experiment_id = self._client.get_run(self.run_id).info.experiment_id
+            models = self._client.search_logged_models([experiment_id], filter_string=f"tags.`model.md5` = '{md5}'",
+                                                       order_by=[{"field_name": "creation_time", "ascending": False}],
+                                                       max_results=1)
+            if not models:
+                return
+            model_id = models[0].model_id
+            now = int(time.time() * 1000)
+            self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
+                                                         for k, v in metrics.items()])
+            self._client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+            found.append(model_id)
+
+        if md5 is not None:
+            self._call("log_model_metrics", link)
+        if self.enabled and not found:
+            _warn(f"no MLflow logged model holds {path}; its results stay on this run only")
+        return found[0] if found else None
+
 
 def _file_md5(path: Path) -> str:
     digest = hashlib.md5()
