@@ -11,13 +11,15 @@ asked of it (docs/staleness.md):
 * Which stages are stale? A stage is stale when its recorded code or params differ from the tree
   (or dvc.yaml declares an input or param its run did not record), when it read an upstream output
   other than the one its upstream recorded, when it never ran, and when anything upstream of it is
-  stale. Stale results are allowed, but the README must list them: its `stale` block must be what
-  this check computes, and the FID rows of stale evaluations carry a mark (.ci/check_readme.py).
-  A frozen stage (the FID instruments) is judged by its outputs only: its code may change without
-  retraining it.
+  stale. Stale results are allowed, but they must be listed, in two generated blocks that must be what
+  this check computes: the README's `stale` block (the count, then one line per kind of stage naming
+  its stale items, with the oldest run date) and docs/results.md's `stale_detail` block (every stale
+  stage, its run date and why it is stale). The FID rows of stale evaluations carry a mark
+  (.ci/check_readme.py). A frozen stage (the FID instruments) is judged by its outputs only: its code
+  may change without retraining it.
 
     python .ci/check_lock.py [repository root]          check (exit 1 naming every problem)
-    python .ci/check_lock.py [repository root] --write  rewrite the README's stale block
+    python .ci/check_lock.py [repository root] --write  rewrite both stale blocks
 """
 
 from __future__ import annotations
@@ -225,18 +227,54 @@ def run_date(root: Path, decl: StageDecl) -> str:
     return "unknown"
 
 
-def stale_block(report: LockReport, declared: Declared, root: Path) -> str:
-    """The README's stale block: every stale stage, when it last ran and why it is stale."""
+def _when(root: Path, declared: Declared, name: str, why: str) -> str:
+    return "never" if why == "never ran" else run_date(root, declared[name])
+
+
+def _none_stale(report: LockReport, declared: Declared) -> str | None:
     if not report.stale:
         return ("No stage is stale: every committed result is a run of the committed code and params "
                 f"(`python .ci/check_lock.py`, {len(declared)} stages).")
+    return None
+
+
+def stale_block(report: LockReport, declared: Declared, root: Path) -> str:
+    """The README's stale block, compact: the count, then one line per kind of stage (`train@`, `evaluate@`,
+    …, in dvc.yaml order; stages that are no foreach item last) naming its stale items, with the oldest
+    run date among them. Each stage's own date and reason are in docs/results.md's `stale_detail` block."""
+    none = _none_stale(report, declared)
+    if none:
+        return none
     lines = [f"**{len(report.stale)} of {len(declared)} stages are stale**: their committed results come from "
              "older code or params, or from upstream results that have since changed (`python .ci/check_lock.py`). "
              f"FID cells of stale evaluations carry {STALE_MARK}. `sarnet repro --for MINUTES` refreshes what fits.",
-             "", "| stage | last run | stale because |", "| --- | --- | --- |"]
+             ""]
+    groups: dict[str, list[str]] = {}
+    for name in report.stale:
+        kind, at, _ = name.partition("@")
+        groups.setdefault(kind if at else "", []).append(name)
+    for kind in [k for k in groups if k] + ([""] if "" in groups else []):
+        names = groups[kind]
+        whens = [_when(root, declared, name, report.stale[name]) for name in names]
+        dated = sorted(w for w in whens if w not in ("never", "unknown"))
+        facts = [f"oldest run {dated[0]}"] if dated else []
+        if whens.count("never"):
+            facts.append(f"{whens.count('never')} never ran")
+        label = f"`{kind}@` ×{len(names)}" if kind else f"other stages ×{len(names)}"
+        items = ", ".join(name.partition("@")[2] for name in names) if kind else ", ".join(f"`{n}`" for n in names)
+        lines.append(f"- {label}" + "".join(f", {fact}" for fact in facts) + f": {items}")
+    return "\n".join(lines)
+
+
+def stale_detail_block(report: LockReport, declared: Declared, root: Path) -> str:
+    """docs/results.md's stale_detail block: every stale stage, when it last ran and why it is stale."""
+    none = _none_stale(report, declared)
+    if none:
+        return none
+    lines = [f"{len(report.stale)} of {len(declared)} stages are stale (`python .ci/check_lock.py`), in `dvc.yaml` order, "
+             "each with its first reason:", "", "| stage | last run | stale because |", "| --- | --- | --- |"]
     for name, why in report.stale.items():
-        when = "never" if why == "never ran" else run_date(root, declared[name])
-        lines.append(f"| `{name}` | {when} | {why.replace('|', '/')} |")
+        lines.append(f"| `{name}` | {_when(root, declared, name, why)} | {why.replace('|', '/')} |")
     return "\n".join(lines)
 
 
@@ -256,29 +294,49 @@ def load(root: Path) -> tuple[LockReport, Declared]:
     return check(lock, params, declared, root), declared
 
 
-def readme_with_block(text: str, report: LockReport, declared: Declared, root: Path) -> tuple[str, str | None]:
-    """The README text with the stale block this lock calls for, and what is wrong with `text` (None: nothing)."""
-    wanted = replace_block(text, "stale", stale_block(report, declared, root))
+README = "README.md"
+RESULTS = "docs/results.md"
+
+
+def with_block(text: str, where: str, name: str, content: str) -> tuple[str, str | None]:
+    """`text` (the file `where`) with its `name` block set to `content`, and what is wrong with `text` (None: nothing)."""
+    wanted = replace_block(text, name, content)
     if wanted is None:
-        return text, "README.md: no stale block (<!-- stale:start --> … <!-- stale:end -->)"
+        return text, f"{where}: no {name} block (<!-- {name}:start --> … <!-- {name}:end -->)"
     if wanted != text:
-        return wanted, "README.md: the stale block is not what dvc.lock says (python .ci/check_lock.py --write)"
+        return wanted, f"{where}: the {name} block is not what dvc.lock says (python .ci/check_lock.py --write)"
     return text, None
+
+
+def readme_with_block(text: str, report: LockReport, declared: Declared, root: Path) -> tuple[str, str | None]:
+    """The README text with the (compact) stale block this lock calls for, and what is wrong with `text` (None: nothing)."""
+    return with_block(text, README, "stale", stale_block(report, declared, root))
+
+
+def results_with_block(text: str, report: LockReport, declared: Declared, root: Path) -> tuple[str, str | None]:
+    """docs/results.md's text with the stale_detail block this lock calls for, and what is wrong with `text`."""
+    return with_block(text, RESULTS, "stale_detail", stale_detail_block(report, declared, root))
 
 
 def main(root: Path, write: bool) -> int:
     report, declared = load(root)
     for line in report.problems:
         print(f"dvc.lock: {line}")
-    readme = root / "README.md"
-    text, wrong = readme_with_block(readme.read_text(), report, declared, root)
-    if wrong and write and text != readme.read_text():
-        readme.write_text(text)
-        print("README.md: stale block rewritten")
-    elif wrong:
-        print(wrong)
-        return 1
-    if report.problems:
+    failed = False
+    for where, name, fix in ((README, "stale", readme_with_block), (RESULTS, "stale_detail", results_with_block)):
+        path = root / where
+        if not path.is_file():
+            print(f"{where}: missing; it must hold the {name} block")
+            failed = True
+            continue
+        text, wrong = fix(path.read_text(), report, declared, root)
+        if wrong and write and text != path.read_text():
+            path.write_text(text)
+            print(f"{where}: {name} block rewritten")
+        elif wrong:
+            print(wrong)
+            failed = True
+    if failed or report.problems:
         return 1
     print(f"dvc.lock: {len(declared)} stages, coherent; {len(report.stale)} stale"
           + "".join(f"\n  {name}: {why}" for name, why in report.stale.items()))

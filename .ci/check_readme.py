@@ -1,16 +1,21 @@
-"""CI check: the README's results are the committed metrics, so they cannot drift from the run.
+"""CI check: the results the README and docs/results.md show are the committed metrics, so they cannot
+drift from the run.
 
-    python .ci/check_readme.py           # check: exit 1 naming every difference
-    python .ci/check_readme.py --write   # after a results run: rewrite those parts from metrics/
+    python .ci/check_readme.py           # check: exit 1 naming every difference, with its file
+    python .ci/check_readme.py --write   # after a results run: rewrite those parts from metrics/, in their files
 
-Checked (and written): the FID table (metrics/fid_table.md, verbatim, inside the README's
-`fid_table` block), §4.1's ablation tables (metrics/sarnet_ablation.md, verbatim, in the
-`sarnet_ablation` block), the generative XGBoost's variants (metrics/gen_xgboost_variants.md, in the
-`gen_xgboost_variants` block) and the numbers of every row of the training table (`training` block) from
-metrics/train/ and metrics/timing/train/, and the module map (`module_map` block: the package docstring's,
-its one source); the prose around them and the reference column are the author's. In the README's FID table each of our CNN cells also carries its evaluation's run date and,
-when that evaluation is stale (.ci/check_lock.py) or newer than the table, a mark: `4.743 ± 0.235 (50;
-2026-12-03) ⚠`. `--write` also rewrites the stale block that check_lock.py checks.
+Generated blocks (<!-- name:start --> … <!-- name:end -->) are looked for in README.md and docs/results.md
+and checked (and written) in whichever holds them; a block that neither holds is an error. Today the
+README holds the FID table (`fid_table`: metrics/fid_table.md, verbatim) and the module map
+(`module_map`: the package docstring's, its one source; required once src/sarnet/ exists), and
+docs/results.md holds §4.1's ablation tables (`sarnet_ablation`: metrics/sarnet_ablation.md, verbatim),
+the generative XGBoost's variants (`gen_xgboost_variants`: metrics/gen_xgboost_variants.md, verbatim)
+and the numbers of every row of the training table (`training`: from metrics/train/ and
+metrics/timing/train/). The prose around them and the reference column are the author's. In the FID
+table each of our CNN cells also carries its evaluation's run date and, when that evaluation is stale
+(.ci/check_lock.py) or newer than the table, a mark: `4.743 ± 0.235 (50; 2026-12-03) ⚠`. `--write` also
+rewrites the two stale blocks that check_lock.py checks (the README's `stale`, docs/results.md's
+`stale_detail`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import yaml
 from sarnet.core.params import resolve_models
 
 README = Path("README.md")
+RESULTS = Path("docs") / "results.md"
+DOCUMENTS = (README, RESULTS)  # where generated blocks may live
 METRICS = Path("metrics")
 
 
@@ -33,7 +40,7 @@ def block(text: str, name: str) -> tuple[int, int]:
     """Start and end offsets of the text between <!-- name:start --> and <!-- name:end -->."""
     start, end = text.find(f"<!-- {name}:start -->"), text.find(f"<!-- {name}:end -->")
     if start < 0 or end < start:
-        sys.exit(f"error: README.md has no {name} block")
+        sys.exit(f"error: no {name} block (<!-- {name}:start --> … <!-- {name}:end -->)")
     return start, end
 
 
@@ -84,7 +91,7 @@ def readme_fid_table(root: Path = Path(".")) -> str:
 
 
 def verbatim(text: str, name: str, table: str | None = None) -> tuple[str, list[str]]:
-    """The README's `name` block holds metrics/<name>.md verbatim, from the file's first line to the block's
+    """A document's `name` block holds metrics/<name>.md verbatim, from the file's first line to the block's
     end, or to `<!-- name:table-end -->` where the author's prose follows the table inside the block. Only
     the first line is searched for, so a table that gains rows (a new model) is still found and rewritten.
     `table`: what the block must hold instead of the file as it is (the annotated FID table)."""
@@ -113,7 +120,8 @@ def _row(model: str, epochs: int, train: dict, timing: dict, reference: str) -> 
             f"{timing['seconds_per_epoch']:.2f} | {timing['seconds']:.0f} |")
 
 
-def training_table(text: str) -> tuple[str, list[str]]:
+def training_table(text: str, document: str = "README.md") -> tuple[str, list[str]]:
+    """The `training` block's rows against metrics/train/ and metrics/timing/train/ (`document`: the file it is in)."""
     params = yaml.safe_load(Path("params.yaml").read_text())
     start, end = block(text, "training")
     lines, problems = text[start:end].split("\n"), []
@@ -134,7 +142,7 @@ def training_table(text: str) -> tuple[str, list[str]]:
         epochs = models[name]["epochs"]
         expected = _row(model, epochs, json.loads(train_path.read_text()), json.loads(timing_path.read_text()), cells[4])
         if line.strip() != expected:
-            problems.append(f"training block: {model}: README says\n    {line.strip()}\n  metrics say\n    {expected}")
+            problems.append(f"training block: {model}: {document} says\n    {line.strip()}\n  metrics say\n    {expected}")
             lines[index] = expected
     return text[:start] + "\n".join(lines) + text[end:], problems
 
@@ -151,7 +159,7 @@ def module_map(root: Path = Path(".")) -> str:
 
 
 def module_map_block(text: str, root: Path = Path(".")) -> tuple[str, list[str]]:
-    """The README's `module_map` block must be the package docstring's module map."""
+    """The `module_map` block (in the README) must be the package docstring's module map."""
     start, end = block(text, "module_map")
     head = start + len("<!-- module_map:start -->")
     wanted = "\n" + module_map(root) + "\n"
@@ -160,26 +168,62 @@ def module_map_block(text: str, root: Path = Path(".")) -> tuple[str, list[str]]
     return text[:head] + wanted + text[end:], ["module_map block: differs from src/sarnet/__init__.py's module map"]
 
 
+BLOCKS = ("fid_table", "sarnet_ablation", "gen_xgboost_variants", "calibration", "training", "module_map")
+
+
+def check_blocks(texts: dict[Path, str], root: Path = Path(".")) -> tuple[dict[Path, str], list[str]]:
+    """Every generated block, in every document of `texts` that holds it, against metrics/ (and the module map
+    against the package docstring): the texts as `--write` leaves them, and one problem per difference, each
+    naming its document. Exits naming every block that no document holds (the module map: only once
+    src/sarnet/ exists)."""
+    wanted_map = (root / "src" / "sarnet" / "__init__.py").is_file()
+    missing = [name for name in BLOCKS if not any(f"<!-- {name}:start -->" in text for text in texts.values())
+               and (name != "module_map" or wanted_map)]
+    if missing:
+        sys.exit(f"error: no {', '.join(missing)} block in {' or '.join(doc.as_posix() for doc in DOCUMENTS)}")
+    texts, problems, fid_table = dict(texts), [], None
+    for name in BLOCKS:
+        for doc, text in texts.items():
+            where = doc.as_posix()
+            start = text.find(f"<!-- {name}:start -->")
+            if start < 0:
+                continue
+            if text.find(f"<!-- {name}:end -->", start) < 0:
+                sys.exit(f"error: {where}: the {name} block has no end (<!-- {name}:end -->)")
+            if name == "fid_table":
+                fid_table = readme_fid_table(root) if fid_table is None else fid_table
+                texts[doc], found = verbatim(text, name, fid_table)
+            elif name == "training":
+                texts[doc], found = training_table(text, where)
+            elif name == "module_map":
+                texts[doc], found = module_map_block(text, root)
+            elif name == "calibration":  # metrics/calibration.md below its `# …` title
+                calibration = (root / METRICS / "calibration.md").read_text().split("\n", 1)
+                body = calibration[1] if calibration[0].startswith("# ") and len(calibration) > 1 else "\n".join(calibration)
+                texts[doc], found = verbatim(text, name, body)
+            else:
+                texts[doc], found = verbatim(text, name)
+            problems += [f"{where}: {problem}" for problem in found]
+    return texts, problems
+
+
 def main() -> None:
-    text = README.read_text()
-    fid_table = readme_fid_table()
-    text, fid_problems = verbatim(text, "fid_table", fid_table)
-    text, ablation_problems = verbatim(text, "sarnet_ablation")
-    text, variant_problems = verbatim(text, "gen_xgboost_variants")
-    text, training_problems = training_table(text)
-    text, map_problems = module_map_block(text) if "<!-- module_map:start -->" in text else (text, [])
-    problems = fid_problems + ablation_problems + variant_problems + training_problems + map_problems
+    before = {doc: doc.read_text() for doc in DOCUMENTS if doc.is_file()}
+    texts, problems = check_blocks(before)
     if "--write" in sys.argv[1:]:
-        README.write_text(text)
+        for doc, text in texts.items():
+            if text != before[doc]:
+                doc.write_text(text)
+            count = sum(problem.startswith(f"{doc.as_posix()}: ") for problem in problems)
+            print(f"{doc.as_posix()}: {count} part(s) rewritten from metrics/")
         if Path("dvc.yaml").is_file():
             _check_lock().main(Path("."), write=True)
-        print(f"README.md: {len(problems)} part(s) rewritten from metrics/")
         return
     if problems:
-        print("README results differ from the committed metrics (python .ci/check_readme.py --write):\n  "
+        print("Results differ from the committed metrics (python .ci/check_readme.py --write):\n  "
               + "\n  ".join(problems))
         sys.exit(1)
-    print("README results match metrics/")
+    print(f"{', '.join(doc.as_posix() for doc in texts)}: results match metrics/")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """CI's dvc.lock check: it passes a coherent run, fails an incoherent one, and finds every stale stage
-(by code, by params, by upstream, never run, downstream of those) and a README stale block that lies."""
+(by code, by params, by upstream, never run, downstream of those) and a stale block that lies: the README's
+compact one or docs/results.md's detail."""
 
 import hashlib
 import importlib.util
@@ -227,11 +228,11 @@ def test_folder_inputs_are_hashed_like_dvc_from_committed_and_stage_made_files(c
     assert check_lock.check(lock, params, stages, root).stale["summary"] == "upstream make is stale"
 
 
-def readme(block: str) -> str:
-    return f"# x\n\n<!-- stale:start -->\n{block}\n<!-- stale:end -->\n\nmore\n"
+def readme(block: str, name: str = "stale") -> str:
+    return f"# x\n\n<!-- {name}:start -->\n{block}\n<!-- {name}:end -->\n\nmore\n"
 
 
-def test_the_readme_block_lists_each_stale_stage_with_its_run_date_and_reason(check_lock, repo):
+def test_the_stale_blocks_list_each_stale_stage_with_its_run_date_and_reason(check_lock, repo):
     root, lock, params = repo
     stages = declared(check_lock)
     stages["score"].outs.add("metrics/timing/score.json")
@@ -241,13 +242,49 @@ def test_the_readme_block_lists_each_stale_stage_with_its_run_date_and_reason(ch
     report = check_lock.check(lock, params, stages, root)
     block = check_lock.stale_block(report, stages, root)
     assert "**2 of 3 stages are stale**" in block
-    assert "| `score` | 2026-12-05 | params changed: evaluate.sets = 10, params.yaml has 50 |" in block
-    assert "| `table` | unknown | upstream score is stale |" in block  # no timing file, no git history
+    assert block.endswith("\n\n- other stages ×2, oldest run 2026-12-05: `score`, `table`")  # compact: no reasons
+    detail = check_lock.stale_detail_block(report, stages, root)
+    assert detail.startswith("2 of 3 stages are stale")
+    assert "| `score` | 2026-12-05 | params changed: evaluate.sets = 10, params.yaml has 50 |" in detail
+    assert "| `table` | unknown | upstream score is stale |" in detail  # no timing file, no git history
     text, wrong = check_lock.readme_with_block(readme(block), report, stages, root)
     assert wrong is None and text == readme(block)
+    text, wrong = check_lock.results_with_block(readme(detail, "stale_detail"), report, stages, root)
+    assert wrong is None and text == readme(detail, "stale_detail")
 
 
-def test_a_readme_block_that_lies_is_reported_and_rewritten(check_lock, repo):
+def test_the_readme_s_stale_block_is_one_line_per_kind_of_stage_with_its_oldest_run(check_lock, tmp_path):
+    """67 stale stages were a 67-row table in the README: now one line per `kind@` (dvc.yaml order), the
+    stages that are no foreach item last; each line names its items and their oldest run."""
+    decl = check_lock.StageDecl
+    timing = {"train@a": "2026-12-07", "train@b": "2026-12-03", "evaluate@a": "2026-12-04", "fid_table": "2026-12-08"}
+    (tmp_path / "metrics" / "timing").mkdir(parents=True)
+    stages = {}
+    for name in ("train@a", "train@b", "train@c", "evaluate@a", "evaluate@c", "fid_table", "calibrate"):
+        out = f"metrics/timing/{name.replace('@', '_')}.json"
+        stages[name] = decl(outs={out})
+        if name in timing:
+            (tmp_path / out).write_text(json.dumps({"run": {"date": timing[name] + "T10:00:00Z"}}))
+    report = check_lock.LockReport([], {"train@a": "code changed: a.py", "train@b": "params changed: x",
+                                        "train@c": "never ran", "evaluate@a": "upstream train@a is stale",
+                                        "evaluate@c": "never ran", "fid_table": "upstream evaluate@a is stale"})
+    assert check_lock.stale_block(report, stages, tmp_path).split("\n")[1:] == [
+        "",
+        "- `train@` ×3, oldest run 2026-12-03, 1 never ran: a, b, c",
+        "- `evaluate@` ×2, oldest run 2026-12-04, 1 never ran: a, c",
+        "- other stages ×1, oldest run 2026-12-08: `fid_table`"]
+    assert "**6 of 7 stages are stale**" in check_lock.stale_block(report, stages, tmp_path)
+    detail = check_lock.stale_detail_block(report, stages, tmp_path).split("\n")
+    assert detail[2:] == ["| stage | last run | stale because |", "| --- | --- | --- |",
+                          "| `train@a` | 2026-12-07 | code changed: a.py |", "| `train@b` | 2026-12-03 | params changed: x |",
+                          "| `train@c` | never | never ran |", "| `evaluate@a` | 2026-12-04 | upstream train@a is stale |",
+                          "| `evaluate@c` | never | never ran |", "| `fid_table` | 2026-12-08 | upstream evaluate@a is stale |"]
+    fresh = check_lock.LockReport([], {})
+    assert check_lock.stale_block(fresh, stages, tmp_path).startswith("No stage is stale")
+    assert check_lock.stale_detail_block(fresh, stages, tmp_path).startswith("No stage is stale")
+
+
+def test_a_stale_block_that_lies_is_reported_and_rewritten(check_lock, repo):
     root, lock, params = repo
     (root / "make.py").write_bytes(b"print('changed')\n")
     stages = declared(check_lock)
@@ -255,9 +292,38 @@ def test_a_readme_block_that_lies_is_reported_and_rewritten(check_lock, repo):
     current = check_lock.stale_block(report, stages, root)
     lie = "No stage is stale: every committed result is a run of the committed code and params."
     text, wrong = check_lock.readme_with_block(readme(lie), report, stages, root)
-    assert "not what dvc.lock says" in wrong
-    assert text == readme(current) and "| `make` | unknown | code changed: make.py |" in text
+    assert wrong.startswith("README.md: the stale block is not what dvc.lock says")
+    assert text == readme(current) and "- other stages ×3: `make`, `score`, `table`" in text
     assert check_lock.readme_with_block("# no block\n", report, stages, root)[1].startswith("README.md: no stale block")
+    text, wrong = check_lock.results_with_block(readme(lie, "stale_detail"), report, stages, root)
+    assert wrong.startswith("docs/results.md: the stale_detail block is not what dvc.lock says")
+    assert "| `make` | unknown | code changed: make.py |" in text
+    assert check_lock.results_with_block("# no block\n", report, stages, root)[1].startswith(
+        "docs/results.md: no stale_detail block")
+
+
+def test_main_checks_and_writes_the_readme_s_block_and_the_detail_block_in_docs_results(check_lock, repo, monkeypatch, capsys):
+    root, lock, params = repo
+    (root / "make.py").write_bytes(b"print('changed')\n")
+    stages = declared(check_lock)
+    report = check_lock.check(lock, params, stages, root)
+    monkeypatch.setattr(check_lock, "load", lambda _: (report, stages))  # dvc.yaml's stages without DVC
+    lie = "No stage is stale."
+    (root / "README.md").write_text(readme(check_lock.stale_block(report, stages, root)))
+    assert check_lock.main(root, write=False) == 1
+    assert "docs/results.md: missing; it must hold the stale_detail block" in capsys.readouterr().out
+    (root / "docs").mkdir()
+    (root / "docs" / "results.md").write_text(readme(lie, "stale_detail"))
+    assert check_lock.main(root, write=False) == 1
+    out = capsys.readouterr().out
+    assert "docs/results.md: the stale_detail block is not what dvc.lock says" in out and "README.md" not in out
+    assert check_lock.main(root, write=True) == 0
+    assert "docs/results.md: stale_detail block rewritten" in capsys.readouterr().out
+    assert "| `make` | unknown | code changed: make.py |" in (root / "docs" / "results.md").read_text()
+    (root / "README.md").write_text(readme(lie))
+    assert check_lock.main(root, write=False) == 1
+    assert "README.md: the stale block is not what dvc.lock says" in capsys.readouterr().out
+    assert check_lock.main(root, write=True) == 0 and check_lock.main(root, write=False) == 0
 
 
 def test_declared_stages_reads_dvc_yaml_as_dvc_resolves_it(check_lock):

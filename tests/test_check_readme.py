@@ -1,4 +1,5 @@
-"""`.ci/check_readme.py`: the README's result tables must be the committed metrics."""
+"""`.ci/check_readme.py`: the result tables of the README and docs/results.md must be the committed metrics,
+and the README stays short enough to read in five minutes."""
 
 import json
 import subprocess
@@ -14,29 +15,55 @@ VARIANTS = "Generative XGBoost, switches varied.\n\n| variant | FID |\n| --- | -
 
 
 def project(tmp_path: Path, readme_rows: list[str], fid_table: str = TABLE, ablation_block: str = ABLATION,
-            variants_block: str = VARIANTS, fid_block: str = TABLE) -> Path:
+            variants_block: str = VARIANTS, fid_block: str = TABLE, moved: bool = False,
+            calibration_block: str | None = None) -> Path:
+    """A fake tree with every generated block in README.md, or with `moved` the training, ablation and
+    variants blocks in docs/results.md, as the real tree has them."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"model_bases": {"vae": {"epochs": 200}, "simple": {"epochs": 500}},
          "models": {"sarnet": {"base": "simple"}, "sarnet_vae_L128": {"base": "vae"},
                     "sarnet_vae_fashion_L128": {"base": "vae", "epochs": 20}}}))
+    calibration_block = CALIBRATION if calibration_block is None else calibration_block
     for folder in ("train", "timing/train"):
         (tmp_path / "metrics" / folder).mkdir(parents=True)
     (tmp_path / "metrics" / "fid_table.md").write_text(fid_table + "\n")
     (tmp_path / "metrics" / "sarnet_ablation.md").write_text(ABLATION + "\n")
     (tmp_path / "metrics" / "gen_xgboost_variants.md").write_text(VARIANTS + "\n")
+    (tmp_path / "metrics" / "calibration.md").write_text("# FID calibration (digit 5)\n\n" + CALIBRATION + "\n")
     for name, loss in (("sarnet_vae_L128", 80.4412), ("sarnet", 0.29312), ("sarnet_vae_fashion_L128", 224.63)):
         (tmp_path / "metrics" / "train" / f"{name}.json").write_text(json.dumps(
             {"final_train_loss": loss, "final_test_loss": 100.3, "best_test_loss": 92.14, "best_test_epoch": 45}))
         (tmp_path / "metrics" / "timing" / "train" / f"{name}.json").write_text(json.dumps(
             {"seconds_per_epoch": 1.434, "seconds": 309.4}))
-    (tmp_path / "README.md").write_text(
-        "# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + fid_block + "\n<!-- fid_table:table-end -->\n\n"
-        "**Reading it.** prose\n<!-- fid_table:end -->\n"
-        "<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        + "\n".join(readme_rows) + "\n<!-- training:end -->\n"
-        "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n"
-        "## XGBoost\n<!-- gen_xgboost_variants:start -->\n" + variants_block + "\n<!-- gen_xgboost_variants:end -->\n")
+    readme = ("# x\n<!-- fid_table:start -->\nFrom the last run.\n\n" + fid_block + "\n<!-- fid_table:table-end -->\n\n"
+              "**Reading it.** prose\n<!-- fid_table:end -->\n")
+    results = ("<!-- training:start -->\n| model | epochs | final | best | reference | s/epoch | stage s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+               + "\n".join(readme_rows) + "\n<!-- training:end -->\n"
+               "## §4.1\n<!-- sarnet_ablation:start -->\n" + ablation_block + "\n<!-- sarnet_ablation:end -->\n"
+               "## XGBoost\n<!-- gen_xgboost_variants:start -->\n" + variants_block + "\n<!-- gen_xgboost_variants:end -->\n"
+               "## Calibration\n<!-- calibration:start -->\n" + calibration_block + "\n<!-- calibration:table-end -->\n"
+               "Prose on the scale.\n<!-- calibration:end -->\n")
+    if moved:
+        (tmp_path / "docs").mkdir()
+        (tmp_path / "docs" / "results.md").write_text("# Results\n" + results)
+        (tmp_path / "README.md").write_text(readme)
+    else:
+        (tmp_path / "README.md").write_text(readme + results)
     return tmp_path
+
+
+CALIBRATION = ("5,000 images per set.\n\n| comparison | our FID |\n| --- | ---: |\n| 1-D column blur σ = 0.5 | 8.011 |")
+
+
+def test_the_calibration_block_is_metrics_calibration_below_its_title(tmp_path):
+    path = project(tmp_path, ROWS, moved=True, calibration_block=CALIBRATION.replace("8.011", "8.165"))
+    result = run(path)
+    assert result.returncode == 1 and "docs/results.md: calibration block: differs" in result.stdout
+    assert run(path, "--write").returncode == 0
+    text = (path / "docs" / "results.md").read_text()
+    assert "8.011" in text and "8.165" not in text and "# FID calibration" not in text
+    assert "Prose on the scale." in text  # the author's words after the table stay
+    assert run(path).returncode == 0
 
 
 def run(path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -100,6 +127,54 @@ def test_a_table_that_gains_rows_is_found_and_rewritten_keeping_the_prose_after_
     text = (path / "README.md").read_text()
     assert grown + "\n<!-- fid_table:table-end -->\n\n**Reading it.** prose" in text
     assert text.count("| 128 | 5.291") == 1 and run(path).returncode == 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+README_LINES = 250  # what a newcomer reads in five minutes; every other result is in docs/results.md
+
+
+def test_the_readme_is_read_in_five_minutes():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= README_LINES, f"README.md has {lines} lines, over {README_LINES}: move results to docs/results.md"
+
+
+def test_blocks_moved_to_docs_results_are_checked_there_and_named_by_their_file(tmp_path):
+    stale = [ROWS[0].replace("80.44", "80.45"), ROWS[1], ROWS[2]]
+    path = project(tmp_path, stale, variants_block=VARIANTS.replace("80.42", "169.24"), moved=True)
+    readme = (path / "README.md").read_text()
+    result = run(path)
+    assert result.returncode == 1
+    assert "docs/results.md: training block: sarnet_vae_L128: docs/results.md says" in result.stdout
+    assert "docs/results.md: gen_xgboost_variants block: differs" in result.stdout
+    assert "README.md:" not in result.stdout  # the README's own blocks (the FID table) are right
+    assert run(path, "--write").returncode == 0
+    text = (path / "docs" / "results.md").read_text()
+    assert ROWS[0] in text and VARIANTS in text and "169.24" not in text and "80.45" not in text
+    assert (path / "README.md").read_text() == readme
+    result = run(path)
+    assert result.returncode == 0 and "README.md, docs/results.md: results match" in result.stdout
+
+
+def test_the_readme_s_own_blocks_are_named_by_the_readme(tmp_path):
+    path = project(tmp_path, ROWS, fid_table=TABLE.replace("5.291", "4.000"), moved=True)
+    result = run(path)
+    assert result.returncode == 1 and "README.md: fid_table block: differs" in result.stdout
+    assert "docs/results.md:" not in result.stdout
+
+
+def test_a_block_in_neither_file_is_an_error_naming_both(tmp_path):
+    path = project(tmp_path, ROWS, moved=True)
+    results = path / "docs" / "results.md"
+    text = results.read_text()
+    start, end = text.index("<!-- sarnet_ablation:start -->"), text.index("<!-- sarnet_ablation:end -->")
+    results.write_text(text[:start] + text[end + len("<!-- sarnet_ablation:end -->"):])
+    for args in ((), ("--write",)):
+        result = run(path, *args)
+        assert result.returncode == 1
+        assert "no sarnet_ablation block in README.md or docs/results.md" in result.stderr
+    results.unlink()  # no docs/results.md at all: its four blocks are missing
+    assert ("no sarnet_ablation, gen_xgboost_variants, calibration, training block in README.md or docs/results.md"
+            in run(path).stderr)
 
 
 def _check_readme_module():
