@@ -235,3 +235,82 @@ def test_unexpected_z_raises():
     layer = SemiDense(1, 1, 8, 8, 2, 2)
     with pytest.raises(ConfigError):
         layer(torch.rand(2, 64), torch.randn(2, 3))
+
+
+# ---------------------------------------------------------------- the block-triangular layer is the masked dense one
+
+def masked_dense_reference(cin, cout, size_in, size_out, patch_in, patch_out, latent_dim, first, weight, bias):
+    """The layer as docs/protocol.md "Models" states it, with a dense product: NCHW weight · mask (from the
+    loops above; latent columns all ones) + bias."""
+    n_patches = (size_in // patch_in) ** 2
+    allowed = expected_connectivity(unit_patches(cout, size_out, patch_out), unit_patches(cin, size_in, patch_in),
+                                    n_patches, first)
+    mask = torch.cat([allowed, torch.ones(len(allowed), latent_dim, dtype=torch.bool)], dim=1).to(weight.dtype)
+    return lambda x, z: torch.nn.functional.linear(x if z is None else torch.cat([x, z], 1), weight * mask, bias)
+
+
+@pytest.mark.parametrize("latent_dim", [0, 5])
+@pytest.mark.parametrize("first", [True, False], ids=["type_a", "type_b"])
+@pytest.mark.parametrize("geometry", [(1, 2, 28, 14, 4, 2), (2, 1, 8, 8, 1, 1), (1, 1, 28, 28, 7, 7), (3, 2, 12, 12, 2, 2)],
+                         ids=lambda g: f"{g[0]}x{g[2]}p{g[4]}_to_{g[1]}x{g[3]}p{g[5]}")
+def test_outputs_and_gradients_equal_the_masked_dense_layers(geometry, first, latent_dim):
+    cin, cout, size_in, size_out, patch_in, patch_out = geometry
+    g = torch.Generator().manual_seed(11)
+    n_in, n_out = cin * size_in**2, cout * size_out**2
+    weight = torch.randn(n_out, n_in + latent_dim, generator=g, dtype=torch.float64)  # every entry non-zero
+    bias = torch.randn(n_out, generator=g, dtype=torch.float64)
+    layer = SemiDense(cin, cout, size_in, size_out, patch_in, patch_out, latent_dim=latent_dim, first=first).double()
+    layer.load_state_dict({"weight": weight, "bias": bias, "mask": layer.mask})  # a model file's NCHW tensors
+    reference = masked_dense_reference(cin, cout, size_in, size_out, patch_in, patch_out, latent_dim, first,
+                                       weight.clone().requires_grad_(), bias.clone().requires_grad_())
+    x = torch.rand(6, n_in, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, latent_dim, generator=g, dtype=torch.float64, requires_grad=True) if latent_dim else None
+    upstream = torch.randn(6, n_out, generator=g, dtype=torch.float64)
+    expected, got = reference(x, z), layer(x, z)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    inputs = [x] + ([z] if latent_dim else [])
+    grads_expected = torch.autograd.grad(expected, inputs, upstream)
+    grads_got = torch.autograd.grad(got, inputs, upstream)
+    for a, b in zip(grads_got, grads_expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the weight's and bias's gradients, read back in the NCHW layout of the file (the dense layer's own)
+    ref_w = weight.clone().requires_grad_()
+    ref_b = bias.clone().requires_grad_()
+    dense = masked_dense_reference(cin, cout, size_in, size_out, patch_in, patch_out, latent_dim, first, ref_w, ref_b)
+    (dense(x.detach(), None if z is None else z.detach()) * upstream).sum().backward()
+    (layer(x.detach(), None if z is None else z.detach()) * upstream).sum().backward()
+    rows = torch.argsort(torch.tensor(unit_patches(cout, size_out, patch_out)), stable=True)
+    cols = torch.cat([torch.argsort(torch.tensor(unit_patches(cin, size_in, patch_in)), stable=True),
+                      torch.arange(n_in, n_in + latent_dim)])
+    torch.testing.assert_close(layer.weight.grad, ref_w.grad[rows][:, cols], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, ref_b.grad[rows], rtol=1e-10, atol=1e-12)
+
+
+def test_a_file_written_before_the_patch_major_layout_loads_and_gives_the_same_function(tmp_path):
+    """A model file holds the NCHW weight (masked entries whatever training left there), bias and mask."""
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(2 * 14 * 14, 784 + 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(2 * 14 * 14, generator=g, dtype=torch.float64)
+    layer = SemiDense(1, 2, 28, 14, 4, 2, latent_dim=3, first=True).double()
+    torch.save({"weight": weight, "bias": bias, "mask": layer.mask}, tmp_path / "old.pt")
+    layer.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True))
+    x = torch.rand(4, 784, generator=g, dtype=torch.float64)
+    z = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    expected = masked_dense_reference(1, 2, 28, 14, 4, 2, 3, True, weight, bias)(x, z)
+    torch.testing.assert_close(layer(x, z), expected, rtol=1e-10, atol=1e-10)
+    saved = layer.state_dict()  # and it writes the same NCHW tensors back
+    assert torch.equal(saved["weight"], weight) and torch.equal(saved["bias"], bias)
+    assert torch.equal(saved["mask"], layer.mask)
+
+
+def test_a_stack_kept_patch_major_inside_equals_its_layers_one_by_one():
+    from sarnet.masked.semidense import LayerShape, SemiDenseStack
+
+    torch.manual_seed(13)
+    stack = SemiDenseStack([LayerShape(1, 28, 4), LayerShape(2, 14, 2), LayerShape(3, 28, 4), LayerShape(1, 28, 4)],
+                           ["relu", "relu", "sigmoid"], latent_dim=4).double()
+    x, z = torch.rand(5, 784, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    h = x
+    for layer, activation in zip(stack.layers, (torch.relu, torch.relu, torch.sigmoid)):
+        h = activation(layer(h, z))  # each layer on its own, NCHW in and out
+    torch.testing.assert_close(stack(x, z), h, rtol=1e-12, atol=1e-12)
