@@ -64,7 +64,7 @@ def brute_force_importance(model: torch.nn.Module, x: list[float], target: int) 
     in_shape, out_shape = stack.shapes[0], stack.shapes[1]
     in_patch = unit_patches(in_shape.channels, in_shape.size, in_shape.patch)
     out_patch = unit_patches(out_shape.channels, out_shape.size, out_shape.patch)
-    weight = layer.state_dict()["weight"].double().tolist()  # NCHW, as the model file holds it
+    weight = layer.weight.detach().double().tolist()
     allowed = allowed_patches(target)
     importance = [0.0] * N_PATCHES
     for u, o in enumerate(out_patch):

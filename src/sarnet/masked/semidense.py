@@ -7,9 +7,6 @@
   the patch grid. Type (a), `first=True`: output patch 0 sees input patch 0, output patch i>0 sees
   input patches 0..i-1; type (b): output patch i sees input patches 0..i. An optional latent vector z
   is appended to the input; every output unit sees all of z.
-  The weight is kept patch-major (units sorted by patch), where what a row may see is a prefix of the
-  input: the layer computes only the allowed blocks (docs/protocol.md "Block-triangular layers"), and
-  its files hold the plain NCHW weight and mask as before.
 - `SemiDenseStack`: SemiDense layers with their activations, each fed the latent z if any;
 - `generate_autoregressive`: fill patches one at a time, in two exact ways (docs/protocol.md "Sampling"):
   "naive" runs the whole stack over the whole image at each patch step (as the reference notebooks
@@ -52,111 +49,8 @@ def allowed_inputs(out_patch: torch.Tensor, in_patch: torch.Tensor, first: bool)
     return pi <= po
 
 
-ROW_GROUPS = 4  # output rows are computed in this many groups of whole patches, each one GEMM over a prefix
-# of the input: 4 was fastest for the SarNET VAE's stack on 2 cores (7, one per row of the 7×7 grid,
-# pays more per-GEMM overhead; 2 computes more of the masked triangle); benchmarks/training_speed.py.
-
-
-def row_groups(n_patches: int, in_units: int, out_units: int, first: bool,
-               groups: int = ROW_GROUPS) -> list[tuple[int, int, int, int, torch.Tensor]]:
-    """The blocks a patch-major layer computes (`in_units`, `out_units`: units per patch on each side): for
-    each group of consecutive output patches [a, b), its rows r0:r1, the prefix c0 of input units every row
-    of it may see whole (patches < a), and the diagonal block c0:c1 (input patches a..b−1) with its mask.
-    Offsets are arithmetic and the masks built on the default device, so a model sized on the meta device
-    (core.model_files.rebuild) allocates nothing."""
-    count = min(groups, n_patches)
-    bounds = sorted({round(i * n_patches / count) for i in range(count + 1)})
-    blocks = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        out_patch = torch.arange(a, b).repeat_interleave(out_units)
-        in_patch = torch.arange(a, b).repeat_interleave(in_units)
-        blocks.append((a * out_units, b * out_units, a * in_units, b * in_units,
-                       allowed_inputs(out_patch, in_patch, first)))
-    return blocks
-
-
-def _block_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, z: torch.Tensor | None,
-                  blocks: list, in_features: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """y = x W_allowedᵀ + b (+ z W_zᵀ), computing only the allowed blocks; also the masked diagonal blocks."""
-    out = bias.expand(len(x), -1).clone() if z is None else torch.addmm(bias, z, weight[:, in_features:].t())
-    diagonals = []
-    for (r0, r1, c0, c1), mask in blocks:
-        diagonal = weight[r0:r1, c0:c1] * mask
-        diagonals.append(diagonal)
-        rows = out[:, r0:r1]
-        rows.addmm_(x[:, c0:c1], diagonal.t())
-        if c0:
-            rows.addmm_(x[:, :c0], weight[r0:r1, :c0].t())
-    return out, diagonals
-
-
-class _BlockInputPath(torch.autograd.Function):
-    """The layer's output, differentiable in x and z (the weight comes in detached; `_BlockWeightPath` carries
-    its gradient). Two paths let autograd skip what a call does not need: a Jacobian in the input never
-    computes weight gradients, and the first layer never computes the image's."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, z: torch.Tensor | None,
-                blocks: list, in_features: int) -> torch.Tensor:
-        out, diagonals = _block_output(x, weight, bias, z, blocks, in_features)
-        ctx.save_for_backward(weight, *diagonals)
-        ctx.blocks, ctx.in_features = blocks, in_features
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        weight, *diagonals = ctx.saved_tensors
-        n_in, grad_x, grad_z = ctx.in_features, None, None
-        if ctx.needs_input_grad[0]:  # out of place: torch.func's vmap (batched Jacobians) runs through it
-            for ((r0, r1, c0, c1), _), diagonal in zip(ctx.blocks, diagonals):
-                g = grad_out[..., r0:r1]
-                seen = g @ diagonal if not c0 else torch.cat([g @ weight[r0:r1, :c0], g @ diagonal], dim=-1)
-                seen = F.pad(seen, (0, n_in - c1))
-                grad_x = seen if grad_x is None else grad_x + seen
-        if ctx.needs_input_grad[3]:
-            grad_z = grad_out @ weight[:, n_in:]
-        return grad_x, None, None, grad_z, None, None
-
-
-class _BlockWeightPath(torch.autograd.Function):
-    """Zero in the forward; its backward is the weight's and the bias's gradient for the layer's output,
-    written block by block in place (entries no block reads stay 0, so the optimiser never moves them)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, z: torch.Tensor | None,
-                blocks: list, in_features: int) -> torch.Tensor:
-        ctx.save_for_backward(x, z)
-        ctx.blocks, ctx.in_features, ctx.weight_shape = blocks, in_features, weight.shape
-        return x.new_zeros(len(x), weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, z = ctx.saved_tensors
-        grad_w = grad_out.new_zeros(ctx.weight_shape)
-        for (r0, r1, c0, c1), mask in ctx.blocks:
-            g = grad_out[:, r0:r1].t()
-            grad_w[r0:r1, c0:c1].addmm_(g, x[:, c0:c1]).mul_(mask)
-            if c0:
-                grad_w[r0:r1, :c0].addmm_(g, x[:, :c0])
-        if z is not None:
-            grad_w[:, ctx.in_features :].addmm_(grad_out.t(), z)
-        return None, grad_w, grad_out.sum(dim=0), None, None, None
-
-
-def block_triangular(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, z: torch.Tensor | None,
-                     blocks: list, in_features: int) -> torch.Tensor:
-    """A patch-major SemiDense layer's output: only the allowed blocks are computed, forward and backward."""
-    out = _BlockInputPath.apply(x, weight.detach(), bias.detach(), z, blocks, in_features)
-    if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
-        out = out + _BlockWeightPath.apply(x.detach(), weight, bias, None if z is None else z.detach(), blocks,
-                                           in_features)
-    return out
-
-
 class SemiDense(nn.Module):
-    """Masked linear layer, autoregressive over a shared patch grid. Its `weight` and `bias` are stored
-    patch-major (`out_order` rows; `in_order` columns, then the latent ones); `state_dict` and
-    `load_state_dict` speak the plain NCHW layout of the model files."""
+    """Masked linear layer, autoregressive over a shared patch grid."""
 
     def __init__(self, in_channels: int, out_channels: int, in_size: int, out_size: int,
                  in_patch: int, out_patch: int, latent_dim: int = 0, first: bool = False) -> None:
@@ -188,68 +82,26 @@ class SemiDense(nn.Module):
         self.register_buffer("out_patch_index", patch_of_units(out_channels, out_size, out_patch), persistent=False)
         allowed = allowed_inputs(self.out_patch_index, self.in_patch_index, first)
         latent = torch.ones(self.out_features, latent_dim, dtype=torch.bool)
-        self.register_buffer("mask", torch.cat([allowed, latent], dim=1).float())  # NCHW, as the files hold it
-
-        in_order = torch.argsort(self.in_patch_index, stable=True)
-        out_order = torch.argsort(self.out_patch_index, stable=True)
-        columns = torch.cat([in_order, torch.arange(self.in_features, self.in_features + latent_dim)])
-        for name, order in (("in_order", in_order), ("out_order", out_order), ("columns", columns),
-                            ("out_inverse", torch.argsort(out_order)), ("columns_inverse", torch.argsort(columns))):
-            self.register_buffer(name, order, persistent=False)
-        blocks = row_groups(self.n_patches, in_channels * in_patch**2, out_channels * out_patch**2, first)
-        self.blocks = [(r0, r1, c0, c1) for r0, r1, c0, c1, _ in blocks]
-        for i, (*_, block_mask) in enumerate(blocks):
-            self.register_buffer(f"block_mask_{i}", block_mask.float(), persistent=False)
+        self.register_buffer("mask", torch.cat([allowed, latent], dim=1).float())
 
         fan_in = self.in_features + latent_dim  # the full, unmasked fan-in (docs/protocol.md "Init")
         bound = 1.0 / math.sqrt(fan_in)
-        weight = torch.empty(self.out_features, fan_in).uniform_(-bound, bound)  # drawn NCHW: the same values as ever
-        bias = torch.empty(self.out_features).uniform_(-bound, bound)
-        self.weight = nn.Parameter(weight[out_order][:, columns])
-        self.bias = nn.Parameter(bias[out_order])
-
-    def weight_nchw(self) -> torch.Tensor:
-        """The weight in the plain NCHW layout (rows and columns as the units are flattened), unmasked."""
-        return self.weight[self.out_inverse][:, self.columns_inverse]
+        self.weight = nn.Parameter(torch.empty(self.out_features, fan_in).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(self.out_features).uniform_(-bound, bound))
 
     def masked_weight(self) -> torch.Tensor:
-        """The NCHW weight with the forbidden connections 0."""
-        return self.weight_nchw() * self.mask
+        return self.weight * self.mask
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 (torch's hook)
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        weight, bias = self.weight_nchw(), self.bias[self.out_inverse]
-        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
-        destination[prefix + "bias"] = bias if keep_vars else bias.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):  # noqa: ANN001 (torch's hook)
-        weight, bias = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
-        if isinstance(weight, torch.Tensor) and weight.shape == self.weight.shape:  # else torch reports the mismatch
-            state_dict[prefix + "weight"] = weight[self.out_order.to(weight.device)][:, self.columns.to(weight.device)]
-        if isinstance(bias, torch.Tensor) and bias.shape == self.bias.shape:
-            state_dict[prefix + "bias"] = bias[self.out_order.to(bias.device)]
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def forward_patch_major(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, in_features) patch-major input -> (B, out_features) patch-major output; checked inputs."""
-        blocks = [(block, getattr(self, f"block_mask_{i}")) for i, block in enumerate(self.blocks)]
-        return block_triangular(x, self.weight, self.bias, z if self.latent_dim else None, blocks, self.in_features)
-
-    def check_inputs(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ConfigError(f"SemiDense: expected input (B, {self.in_features}), got {tuple(x.shape)}")
         if self.latent_dim:
             if z is None or z.shape != (x.shape[0], self.latent_dim):
                 raise ConfigError(f"SemiDense: expected latent (B, {self.latent_dim}), got {None if z is None else tuple(z.shape)}")
+            x = torch.cat([x, z], dim=1)
         elif z is not None:
             raise ConfigError("SemiDense: this layer has no latent input (latent_dim=0) but z was given")
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, in_features) NCHW -> (B, out_features) NCHW."""
-        self.check_inputs(x, z)
-        return self.forward_patch_major(x.index_select(1, self.in_order), z).index_select(1, self.out_inverse)
+        return F.linear(x, self.masked_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}×{self.in_size}² ({self.in_patch}² patches) -> "
@@ -296,14 +148,9 @@ class SemiDenseStack(nn.Module):
         self.n_patches = self.layers[0].n_patches
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch-major from the first layer's input to the last one's output: a layer's output order is the
-        next one's input order (the same units), so the stack reorders only at its two ends."""
-        first = self.layers[0]
-        first.check_inputs(x, z)
-        h = x.index_select(1, first.in_order)
         for layer, act in zip(self.layers, self.activations):
-            h = ACTIVATIONS[act](layer.forward_patch_major(h, z))
-        return h.index_select(1, self.layers[-1].out_inverse)
+            x = ACTIVATIONS[act](layer(x, z))
+        return x
 
     def patch_pixels(self, patch: int) -> torch.Tensor:
         """Indices of the output units belonging to one patch (all channels)."""
@@ -347,7 +194,7 @@ class _PatchMajorLayer:
             prefix = self.in_offsets[k] if (layer.first and k > 0) else self.in_offsets[k + 1]
             rows = slice(self.out_offsets[k], self.out_offsets[k + 1])
             self.blocks.append(w_x[rows, :prefix].contiguous())
-        bias = layer.bias.detach()[:, None]  # stored patch-major already
+        bias = layer.bias.detach()[out_order][:, None]
         # The output starts as bias (+ the latent part, the same at every step): one matmul up front.
         shift = bias if z is None else weight[:, layer.in_features :][out_order] @ z.t() + bias
         self.out = shift.expand(layer.out_features, batch).contiguous()
