@@ -156,7 +156,10 @@ class PhasedStep:
     def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x = batch[0]
         autoencoding = self.done < self.ae_steps
-        losses = self.model.autoencoder_loss(x) if autoencoding else self.model.prior_loss(x)
+        if autoencoding:
+            losses, codes, z_e = self.model.autoencoder_terms(x)
+        else:
+            losses = self.model.prior_loss(x)
         check_finite(losses.mean())
         optimizer = self.ae_optimizer if autoencoding else self.prior_optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -166,19 +169,18 @@ class PhasedStep:
             self.ae_schedule.step()
         self.done += 1
         if autoencoding and self.model.code_restarts:
-            self._count_and_restart(x)
+            self._count_and_restart(codes, z_e.detach())
         return {"loss": losses.detach()}
 
     @torch.no_grad()
-    def _count_and_restart(self, x: torch.Tensor) -> None:
-        z_e = self.model.encode(x)
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
-        codes = torch.cdist(flat, self.model.codebook.weight).argmin(dim=1)
-        self.usage += torch.bincount(codes.cpu(), minlength=len(self.usage))
+    def _count_and_restart(self, codes: torch.Tensor, z_e: torch.Tensor) -> None:
+        """Count the codes this step's forward pass chose; at an epoch's end, restart the unchosen ones."""
+        self.usage += torch.bincount(codes.flatten().cpu(), minlength=len(self.usage))
         if self.done % self.steps_per_epoch or self.done >= self.ae_steps:
             return  # mid-epoch, or the autoencoder's last epoch: the decoder would never learn a moved code
         dead = (self.usage == 0).nonzero().flatten()
         if len(dead):
+            flat = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
             picks = torch.randint(len(flat), (len(dead),))
             self.model.codebook.weight[dead.to(flat.device)] = flat[picks.to(flat.device)]
         self.usage.zero_()
@@ -250,17 +252,23 @@ class VQVAE(GenerativeModel):
         """(N, 7, 7) codes -> (N, 28, 28) pixels: the decoder's output + 0.5, clipped to [0, 1]."""
         return (self.decoder(self.lookup(codes)) + 0.5).clamp(0.0, 1.0).view(-1, IMAGE_SIZE, IMAGE_SIZE)
 
-    def autoencoder_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def autoencoder_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image: MSE / batch variance + ‖sg[z_e] − e‖² + β‖z_e − sg[e]‖² (means over elements); the
-        decoder's gradient reaches the encoder straight through the quantisation."""
+        decoder's gradient reaches the encoder straight through the quantisation. Also the codes chosen
+        (N, 7, 7) and z_e (N, D, 7, 7), which the code restarts count and draw from."""
         target = x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE) - 0.5
         z_e = self.encode(x)
-        z_q = self.lookup(self.quantize(z_e.detach()))
+        codes = self.quantize(z_e.detach())
+        z_q = self.lookup(codes)
         recon = self.decoder(z_e + (z_q - z_e).detach())
         reconstruction = (recon - target).pow(2).mean(dim=(1, 2, 3)) / target.var().detach().clamp(min=1e-8)
         codebook = (z_q - z_e.detach()).pow(2).mean(dim=(1, 2, 3))
         commitment = (z_e - z_q.detach()).pow(2).mean(dim=(1, 2, 3))
-        return reconstruction + codebook + self.commitment * commitment
+        return reconstruction + codebook + self.commitment * commitment, codes, z_e
+
+    def autoencoder_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-image autoencoder loss of `autoencoder_terms`."""
+        return self.autoencoder_terms(x)[0]
 
     def prior_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per image: the prior's negative log-likelihood of the frozen encoder's codes, in nats per code map."""
