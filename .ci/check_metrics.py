@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from sarnet.core.model_files import THESIS_KINDS
@@ -133,6 +134,15 @@ for name, sets in evaluated.items():
         finite(path, "class_rate", m.get("class_rate"))  # every model of one class
     if not Path(f"metrics/fid/samples/{name}.png").read_bytes().startswith(b"\x89PNG"):
         problems.append(f"metrics/fid/samples/{name}.png: not a PNG")
+    try:
+        with np.load(f"metrics/fid/samples/{name}.npz") as kept:  # the committed images anyone can score
+            images = kept["images"]
+    except (OSError, KeyError, ValueError) as exc:
+        problems.append(f"metrics/fid/samples/{name}.npz: {exc}")
+        continue
+    if images.dtype != np.uint8 or images.shape != (min(1000, m.get("n_images", 0)), 28, 28) or not images.any():
+        problems.append(f"metrics/fid/samples/{name}.npz: {images.dtype} {images.shape}, expected uint8 "
+                        f"({min(1000, m.get('n_images', 0))}, 28, 28), not all black")
 
 # ... and the Markdown table shows exactly those numbers: "mean ± std (sets)" in every row.
 cell = re.compile(r"(\d+\.\d{3}) ± (\d+\.\d{3}) \((\d+)\)")

@@ -61,7 +61,7 @@ def main() -> None:
 
     records: dict[str, dict[str, float]] = {}
     with stage_run(run_name("xgboost_variants"), params={"variants": p["variants"], "sets": p["sets"]},
-                   dataset=dataset, tags={"model": "gen_xgboost", "evaluation": "fid"}) as tracker:
+                   dataset=dataset, digit=digit, tags={"model": "gen_xgboost", "evaluation": "fid"}) as tracker:
         for name, model in tqdm(variants.items(), desc="variants", unit="variant"):
             result = fid_over_sets(lambda n, seed, model=model: torch.from_numpy(model.generate(n, seed, settings)),
                                    instruments, real_pool, protocol, label=digit, train_pool=train_pool)

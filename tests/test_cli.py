@@ -298,3 +298,24 @@ def test_score_bad_input_gives_one_line_error(content, message, tmp_path, capsys
     assert info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_ui_serves_the_store_and_names_the_runs_and_models_tables_in_the_model_training_view(
+        isolated_store, monkeypatch, capsys):
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    served = []
+    monkeypatch.setattr(os, "execv", lambda program, argv: served.append(argv))
+    main(["ui", "--port", "5077"])
+    (argv,) = served
+    store = f"sqlite:///{isolated_store / 'mlflow.db'}"
+    assert argv[1:] == ["server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", "5077"]
+    experiment = MlflowClient(tracking_uri=store).get_experiment_by_name("sarnet")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    base = f"http://127.0.0.1:5077/#/experiments/{experiment.experiment_id}"
+    out = capsys.readouterr().out
+    # MLflow's UI reads its GenAI / model-training switch from this query (its WorkflowTypeContext)
+    assert f"{base}/runs?workflowType=machine_learning" in out
+    assert f"{base}/models?workflowType=machine_learning" in out

@@ -339,3 +339,27 @@ def test_scripts_spell_their_dvc_stage_names_like_dvc():
     with Repo(str(ROOT)) as repo:
         names = {stage.name for stage in repo.index.stages}
     assert spelled <= names, spelled - names
+
+
+def test_an_evaluation_keeps_its_images_as_uint8_that_sarnet_score_reads_back(tmp_path):
+    import importlib
+
+    import numpy as np
+    import torch
+
+    from sarnet.cli import _read_images
+
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        evaluate = importlib.import_module("evaluate")
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+    images = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(3)) * 1.2 - 0.1  # some outside [0, 1]
+    evaluate.save_samples(images, str(tmp_path / "kept.npz"))
+    with np.load(tmp_path / "kept.npz") as kept:
+        assert list(kept) == ["images"]
+        pixels = kept["images"]
+    by_hand = np.rint(np.clip(images.numpy().reshape(30, 28, 28), 0, 1) * np.float32(255)).astype(np.float64)  # float32, half to even
+    assert pixels.dtype == np.uint8 and pixels.shape == (30, 28, 28)
+    assert np.array_equal(pixels.astype(np.float64), by_hand)
+    assert torch.allclose(_read_images(str(tmp_path / "kept.npz")), torch.from_numpy(by_hand / 255).float(), rtol=0, atol=1e-7)

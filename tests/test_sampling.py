@@ -162,15 +162,36 @@ def test_noise_sampler_shape_values_reproducible(regression_sarnet):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 @pytest.mark.parametrize("refine", [False, True])
-def test_noise_sampler_equals_a_plain_patch_by_patch_loop(regression_sarnet, refine):
-    """The sampler behind Table 4.1's simple SarNET row against reference.py's loop over patches and images."""
+def test_noise_sampler_equals_a_plain_patch_by_patch_loop(regression_sarnet, refine, method):
+    """The sampler behind Table 4.1's simple SarNET row against reference.py's loop over patches and images:
+    the whole stack at every step ("naive") and only the units of patches <= i+1 ("incremental")."""
     settings = NOISE | {"refine": refine}
-    images = regression_sarnet.sample_noise(6, gen(16), **settings)
+    images = regression_sarnet.sample_noise(6, gen(16), **settings, method=method)
     expected = reference_noise_sample(regression_sarnet, 6, 16, **settings)
     assert ((expected > 0.15) & (expected < 1)).any()  # the loop's images are not all black or white
     torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
 
+
+@pytest.mark.parametrize("patch, hidden", [(4, [[2, 14, 2], [3, 28, 4]]), (7, [[2, 16, 4]]), (14, [[1, 8, 4], [2, 4, 2]])])
+def test_prefix_forward_is_the_stacks_output_of_one_patch(patch, hidden):
+    """For every patch k: the stack's full forward pass (float64), its output units of patch k, against
+    PrefixForward on the same input in patch-major order; different geometries on each side."""
+    from sarnet.families.sarnet import PrefixForward
+    from sarnet.masked.semidense import LayerShape, SemiDenseStack
+
+    torch.manual_seed(5)
+    shapes = [LayerShape(1, 28, patch), *(LayerShape(*h) for h in hidden), LayerShape(1, 28, patch)]
+    stack = SemiDenseStack(shapes, ["relu"] * len(hidden) + ["none"]).double()
+    prefix = PrefixForward(stack)
+    x = torch.rand(5, 784, dtype=torch.float64)
+    full = stack(x)
+    patch_of = stack.layers[0].in_patch_index
+    for k in range(stack.n_patches):
+        units = (patch_of == k).nonzero().squeeze(1)  # ascending: the within-patch order of patch-major units
+        torch.testing.assert_close(prefix(x[:, prefix.order], k), full[:, units], rtol=0, atol=1e-12)
+    assert prefix.in_offsets == [i * patch * patch for i in range(stack.n_patches + 1)]
 
 def test_noise_sampler_refine_is_one_clean_pass(regression_sarnet):
     raw = regression_sarnet.sample_noise(4, gen(15), **(NOISE | {"refine": False}))

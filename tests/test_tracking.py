@@ -310,10 +310,81 @@ def test_a_trained_model_is_an_external_logged_model_with_its_evaluations_scores
     assert [m.model_id for m in trained.outputs.model_outputs] == [model_id]
     assert [m.model_id for m in client.get_run(evaluation.run_id).inputs.model_inputs] == [model_id]
 
+    # Weights no run trained (and no header): a new model of unknown kind, with no source run, and a warning.
     weights.write_bytes(b"retrained differently")
     with stage_run("evaluate@dcgan") as again:
-        assert again.log_model_metrics(weights, {"fid_cnn": 1.0}) is None
-    assert "no MLflow logged model holds" in capsys.readouterr().err
+        orphan = again.log_model_metrics(weights, {"fid_cnn": 1.0})
+    assert orphan not in (None, model_id) and "no MLflow run trained" in capsys.readouterr().err
+    (made,) = [m for m in client.search_logged_models([experiment]) if m.model_id == orphan]
+    assert made.source_run_id is None and made.params["kind"] == "unknown"
+    assert {m.key: m.value for m in made.metrics} == {"fid_cnn": 1.0}
+
+
+def test_an_evaluation_makes_a_logged_model_of_a_file_trained_before_models_were_logged(isolated_store):
+    """The model records the kind and arguments its file states, its source is the run that tagged the
+    file's md5 (not a later run that merely read it), and a second evaluation finds the same model."""
+    import torch
+
+    from sarnet.core.model_files import save_model
+    from sarnet.families.gans import GanMLP
+    from sarnet.core.model_files import read_description
+    from sarnet.tracking import model_reference
+
+    torch.manual_seed(0)
+    weights = isolated_store / "dcgan.safetensors"
+    save_model(GanMLP(noise_dim=4), weights)
+    with stage_run("train@dcgan") as train:
+        train.set_tags(model_reference(weights))  # what training stages record
+    with stage_run("evaluate@other") as unrelated:
+        unrelated.set_tags({"model.md5": "0" * 32})
+    stated = read_description(weights)
+    with stage_run("evaluate@dcgan") as first:
+        model_id = first.log_model_metrics(weights, {"fid_cnn_mean": 9.5}, name="dcgan", kind=stated["kind"],
+                                           arch=stated["args"])
+    with stage_run("evaluate@dcgan") as second:
+        assert second.log_model_metrics(weights, {"fid_cnn_mean": 9.25}, name="dcgan") == model_id
+
+    client = _client()
+    experiment = client.get_experiment_by_name("sarnet").experiment_id
+    (model,) = client.search_logged_models([experiment])
+    assert model.name == "dcgan" and model.source_run_id == train.run_id
+    assert model.params["kind"] == "gan_mlp" and model.params["arch.noise_dim"] == "4"
+    assert sorted((m.run_id == second.run_id, m.value) for m in model.metrics) == [(False, 9.5), (True, 9.25)]
+    assert [m.model_id for m in client.get_run(train.run_id).outputs.model_outputs] == [model_id]
+    assert [m.model_id for m in client.get_run(second.run_id).inputs.model_inputs] == [model_id]
+    with stage_run("evaluate@dcgan_twin") as twin:  # another entry whose weights are the same bytes
+        assert twin.log_model_metrics(weights, {"fid_cnn_mean": 9.5}, name="dcgan_twin") not in (None, model_id)
+
+
+def test_a_stage_with_a_dataset_records_the_prepared_file_as_its_input(isolated_store):
+    import hashlib
+    import json
+
+    import numpy as np
+
+    prepared = isolated_store / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    np.savez(prepared / "mnist.npz", train_labels=np.array([5, 1, 5, 5, 0], dtype=np.uint8),
+             test_labels=np.array([5, 2, 3], dtype=np.uint8), train_images=np.zeros((5, 28, 28), np.uint8),
+             test_images=np.zeros((3, 28, 28), np.uint8))
+    with stage_run("train@dcgan", params={"digit": 5, "epochs": 3, "train_limit": 2}, dataset="mnist") as train:
+        pass
+    with stage_run("evaluate@all", params={"sets": 2}, dataset="mnist") as evaluation:
+        pass
+    with pytest.raises(RuntimeError):
+        with stage_run("train@failed", params={"digit": 5}, dataset="mnist") as failed:
+            raise RuntimeError("diverged")
+
+    md5 = hashlib.md5((prepared / "mnist.npz").read_bytes()).hexdigest()
+    client = _client()
+    (fives,) = client.get_run(train.run_id).inputs.dataset_inputs
+    assert (fives.dataset.name, fives.dataset.digest) == ("mnist-5", md5)
+    assert json.loads(fives.dataset.profile) == {"dataset": "mnist", "digit": 5, "train_images": 2, "test_images": 1}
+    assert [t.value for t in fives.tags if t.key == "mlflow.data.context"] == ["training"]
+    (every,) = client.get_run(evaluation.run_id).inputs.dataset_inputs
+    assert every.dataset.name == "mnist" and json.loads(every.dataset.profile)["train_images"] == 5
+    assert [t.value for t in every.tags if t.key == "mlflow.data.context"] == ["evaluation"]
+    assert client.get_run(failed.run_id).inputs.dataset_inputs == []
 
 
 def _fake_dvc(isolated_store, script: str):
@@ -412,3 +483,18 @@ def test_a_stage_writes_the_same_bytes_with_tracking_on_unreachable_or_not_insta
     assert (tmp_path / "on" / "mlflow.db").is_file() and not (tmp_path / "absent" / "mlflow.db").exists()
     assert outputs["on"]["history"][0] == "epoch,train_loss,test_loss"
     assert outputs["on"] == outputs["unreachable"] == outputs["absent"]
+
+
+def test_a_failed_call_turns_tracking_off_and_the_run_still_ends(isolated_store, capsys):
+    """A server without logged models or datasets fails those calls: one warning, and the run still ends
+    FINISHED rather than staying RUNNING forever."""
+    with stage_run("evaluate@dcgan", dataset="mnist") as tracker:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("this server has no dataset inputs")
+
+        tracker._client.log_inputs = refuse
+        tracker.log_dataset("nowhere.npz", "mnist", "evaluation", {})
+        assert not tracker.enabled
+        tracker.log_metrics({"fid": 1.0})  # a no-op now, not an error
+    assert "MLflow log_dataset failed" in capsys.readouterr().err
+    assert _client().get_run(tracker.run_id).info.status == "FINISHED"

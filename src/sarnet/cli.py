@@ -233,13 +233,26 @@ def _verify_remote_command(args: argparse.Namespace) -> None:
     _verify_remote(dvc, args.remote)
 
 
+# MLflow 3's UI keeps its GenAI / Model training switch in the browser; this query sets it, so a fresh
+# browser opens in the model-training view, where the runs table and the models table live.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_pages(host: str, port: int, experiment_id: str) -> dict[str, str]:
+    """The UI's runs table and model table (every generator with its FIDs) of the experiment, in the
+    model-training view."""
+    base = f"http://{host}:{port}/#/experiments/{experiment_id}"
+    return {"runs": f"{base}/runs?{MODEL_TRAINING_VIEW}", "models": f"{base}/models?{MODEL_TRAINING_VIEW}"}
+
+
 def _ui(args: argparse.Namespace) -> None:
     from sarnet.tracking import init_store, tracking_uri
 
     experiment_id = init_store()
     uri = tracking_uri()
-    print(f"MLflow UI over {uri}: the runs table is http://{args.host}:{args.port}/#/experiments/{experiment_id}/runs "
-          "(Ctrl-C stops it)", flush=True)
+    pages = ui_pages(args.host, args.port, experiment_id)
+    print(f"MLflow UI over {uri} (Ctrl-C stops it)\n  runs table:   {pages['runs']}\n"
+          f"  models table: {pages['models']}  (every generator with its FIDs; sort by a column)", flush=True)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(mlflow, [mlflow, "server", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
 
@@ -564,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", help="DVC remote name (default: the default remote)")
     p.set_defaults(func=_verify_remote_command)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on 127.0.0.1")
+    p = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1: the runs table and the models table")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -137,6 +138,24 @@ class Tracker:
         if Path(path).exists():
             self._call("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def _create_logged_model(self, name: str, model_type: str, reference: Mapping[str, str], kind: str | None,
+                             arch: Mapping[str, Any], source_run_id: str | None) -> str:
+        """An external logged model (the weights stay in DVC) recording the file's DVC path and md5, its kind
+        and architecture as params; the output of `source_run_id`, the run that trained it, when known."""
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+
+        params = {"kind": kind or "unknown", "dvc.path": reference["model.path"], "dvc.md5": reference.get("model.md5", "")}
+        params |= flatten(arch, "arch.")
+        experiment_id = self._client.get_run(self.run_id).info.experiment_id
+        model = self._client.create_logged_model(
+            experiment_id, name=name, source_run_id=source_run_id, model_type=model_type,
+            tags={MLFLOW_MODEL_IS_EXTERNAL: "true", **reference}, params={k: v[:6000] for k, v in params.items()})
+        self._client.finalize_logged_model(model.model_id, "READY")
+        if source_run_id:
+            self._client.log_outputs(source_run_id, [LoggedModelOutput(model.model_id, 0)])
+        return model.model_id
+
     def log_model(self, path: str | os.PathLike, name: str, kind: str, arch: Mapping[str, Any],
                   model_type: str = "generator") -> str | None:
         """The model file at `path` as an MLflow 3 logged model made by this run. It is external: the
@@ -145,74 +164,85 @@ class Tracker:
         `model.md5` tags. Returns the model's id; None when untracked."""
         reference = model_reference(path)
         self.set_tags(reference)
+        created: list[str] = []
+        self._call("log_model", lambda: created.append(
+            self._create_logged_model(name, model_type, reference, kind, arch, self.run_id)))
+        return created[0] if created else None
+
+    def use_model(self, path: str | os.PathLike, name: str, model_type: str = "generator", kind: str | None = None,
+                  arch: Mapping[str, Any] | None = None) -> str | None:
+        """The logged model `name` of the file at `path`, recorded as this run's input. It is found by name and
+        the file's md5; a file no logged model holds yet (a model trained before models were logged, or an
+        instrument, whose stage is frozen) becomes one here: external, with `kind` and `arch` (what the file
+        states), the output of the newest run tagged with its md5, the run that trained it. Returns the
+        model's id; None when untracked or the file is missing."""
         if not self.enabled:
             return None
-        from mlflow.entities import LoggedModelOutput
-        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+        reference = model_reference(path)
+        md5 = reference.get("model.md5")
+        if md5 is None:
+            _warn(f"{path} is missing; no MLflow logged model is linked to this run")
+            return None
+        found: list[str] = []
 
-        params = {"kind": kind, "dvc.path": reference["model.path"], "dvc.md5": reference.get("model.md5", "")}
-        params |= flatten(arch, "arch.")
-        created: list[str] = []
+        def find_or_create() -> None:
+            from mlflow.entities import LoggedModelInput
 
-        def create() -> None:
             experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            model = self._client.create_logged_model(
-                experiment_id, name=name, source_run_id=self.run_id, model_type=model_type,
-                tags={MLFLOW_MODEL_IS_EXTERNAL: "true", **reference}, params={k: v[:6000] for k, v in params.items()})
-            self._client.finalize_logged_model(model.model_id, "READY")
-            self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, 0)])
-            created.append(model.model_id)
+            # by name too: two entries whose weights happen to be the same bytes stay two models
+            models = self._client.search_logged_models(
+                [experiment_id], filter_string=f"tags.`model.md5` = '{md5}' AND name = '{name}'",
+                order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
+            if models:
+                model_id = models[0].model_id
+            else:
+                trained = self._client.search_runs([experiment_id], filter_string=f"tags.`model.md5` = '{md5}'",
+                                                   order_by=["attributes.start_time DESC"], max_results=1)
+                if not trained:
+                    _warn(f"no MLflow run trained {path} (md5 {md5}); its logged model has no source run")
+                model_id = self._create_logged_model(name, model_type, reference, kind, arch or {},
+                                                     trained[0].info.run_id if trained else None)
+            self._client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+            found.append(model_id)
 
-        self._call("log_model", create)
-        return created[0] if created else None
+        self._call("use_model", find_or_create)
+        return found[0] if found else None
 
     def log_dataset(self, path: str | os.PathLike, name: str, context: str, profile: Mapping[str, Any]) -> None:
         """The prepared file this run read, as an MLflow dataset input: its name (e.g. `mnist-5`), the
         file's md5 as the digest, its path as the source, and `profile` (digit, number of images)."""
         if not self.enabled:
             return
-        import json
 
-        from mlflow.entities import Dataset, DatasetInput, InputTag
+        def log() -> None:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        try:
-            digest = _file_md5(Path(path))
-        except OSError:
-            digest = "missing"  # the reference is a convenience: never a reason to fail the stage
-        dataset = Dataset(name, digest, "local", Path(path).as_posix(), None, json.dumps(dict(profile), sort_keys=True))
-        entry = DatasetInput(dataset, [InputTag("mlflow.data.context", context)])
-        self._call("log_dataset", lambda: self._client.log_inputs(self.run_id, datasets=[entry]))
+            try:
+                digest = _file_md5(Path(path))
+            except OSError:
+                digest = "missing"  # the reference is a convenience: never a reason to fail the stage
+            dataset = Dataset(name, digest, "local", Path(path).as_posix(), None, json.dumps(dict(profile), sort_keys=True))
+            self._client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
-    def log_model_metrics(self, path: str | os.PathLike, metrics: Mapping[str, float]) -> str | None:
-        """Log `metrics` on this run against the logged model of the file at `path` (found by its md5),
-        so the model view shows them beside the model, and record the model as this run's input. Returns
-        the model's id; None (with a warning) when no logged model holds that file."""
-        if not self.enabled:
+        self._call("log_dataset", log)
+
+    def log_model_metrics(self, path: str | os.PathLike, metrics: Mapping[str, float], name: str | None = None,
+                          kind: str | None = None, arch: Mapping[str, Any] | None = None) -> str | None:
+        """Log `metrics` on this run against the logged model of the file at `path` (`use_model`: found by
+        its md5, or created and linked to its training run), so the model view shows them beside the model.
+        Returns the model's id; None when untracked."""
+        model_id = self.use_model(path, name or Path(path).stem, "generator", kind, arch)
+        if model_id is None:
             return None
-        md5 = model_reference(path).get("model.md5")
-        found: list[str] = []
+        def log() -> None:
+            from mlflow.entities import Metric
 
-        def link() -> None:
-            from mlflow.entities import LoggedModelInput, Metric
-
-            experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            models = self._client.search_logged_models([experiment_id], filter_string=f"tags.`model.md5` = '{md5}'",
-                                                       order_by=[{"field_name": "creation_time", "ascending": False}],
-                                                       max_results=1)
-            if not models:
-                return
-            model_id = models[0].model_id
             now = int(time.time() * 1000)
-            self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id)
-                                                         for k, v in metrics.items()])
-            self._client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
-            found.append(model_id)
+            items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+            self._client.log_batch(self.run_id, metrics=items)
 
-        if md5 is not None:
-            self._call("log_model_metrics", link)
-        if self.enabled and not found:
-            _warn(f"no MLflow logged model holds {path}; its results stay on this run only")
-        return found[0] if found else None
+        self._call("log_model_metrics", log)
+        return model_id if self.enabled else None
 
 
 def _file_md5(path: Path) -> str:
@@ -360,6 +390,33 @@ def end_experiment_parent(status: str) -> None:
         _warn(f"MLflow could not mark experiment {exp_name} {status} ({type(exc).__name__})")
 
 
+PREPARED_DIR = Path("data/prepared")
+CONTEXTS = {"prepare": "prepared", "train": "training", "evaluate": "evaluation"}
+
+
+def log_prepared_dataset(tracker: Tracker, dataset: str, digit: int | None, stage: str,
+                         train_limit: int | None = None) -> None:
+    """data/prepared/<dataset>.npz as the run's dataset input, named `<dataset>` or `<dataset>-<digit>`,
+    with its md5 and, in its profile, the digit and how many training and test images of that digit the
+    file holds (training: at most `train_limit`, the slice a training entry keeps)."""
+    if not tracker.enabled:
+        return
+    import numpy as np
+
+    path = PREPARED_DIR / f"{dataset}.npz"
+    profile: dict[str, Any] = {"dataset": dataset, "digit": digit}
+    try:
+        with np.load(path) as npz:  # only the label arrays are read
+            for split in ("train", "test"):
+                labels = npz[f"{split}_labels"]
+                count = int(len(labels) if digit is None else (labels == digit).sum())
+                profile[f"{split}_images"] = min(count, train_limit) if split == "train" and train_limit else count
+    except Exception:  # a missing or unreadable file: the record is a convenience, never a reason to fail the stage
+        pass
+    context = CONTEXTS.get(stage.split("@")[0].split("_")[0], stage.split("@")[0])
+    tracker.log_dataset(path, dataset if digit is None else f"{dataset}-{digit}", context, profile)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -369,11 +426,14 @@ def stage_run(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    digit: int | None = None,
 ) -> Iterator[Tracker]:
     """One MLflow run around a stage execution; yields a Tracker that is a no-op if tracking failed.
+    With `dataset`, a successful run records the prepared file as its dataset input (`log_prepared_dataset`;
+    `digit`, or else `params`' own `digit`, names the class it keeps).
     Under `dvc exp run` the experiment's parent run ends with the status of its latest stage: since
     DVC stops at the first failing stage, a failed pipeline leaves it FAILED, a whole one FINISHED."""
-    tracker = Tracker()
+    tracker = closer = Tracker()
     exp_parent = Tracker()
     try:
         with warnings.catch_warnings():
@@ -394,6 +454,7 @@ def stage_run(
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(experiment_id, run_name=run_name or stage, tags={k: str(v) for k, v in all_tags.items()})
         tracker = Tracker(client, run.info.run_id)
+        closer = Tracker(client, run.info.run_id)  # ends the run even after a failed call turned `tracker` off
     except Exception as exc:
         _warn(f"MLflow store {tracking_uri()} unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
               "the stage runs untracked and still writes its outputs")
@@ -403,12 +464,17 @@ def stage_run(
     try:
         with _sigterm_as_interrupt():
             yield tracker
+        if dataset:  # at the end: `prepare` writes the file it records
+            chosen = digit if digit is not None else (params or {}).get("digit")
+            limit = (params or {}).get("train_limit")
+            log_prepared_dataset(tracker, dataset, chosen if isinstance(chosen, int) else None, stage,
+                                 limit if isinstance(limit, int) else None)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        tracker._call("set_terminated", lambda: tracker._client.set_terminated(tracker.run_id, status))
+        closer._call("set_terminated", lambda: closer._client.set_terminated(closer.run_id, status))
         exp_parent._call("set_terminated", lambda: exp_parent._client.set_terminated(exp_parent.run_id, status))
 
 
