@@ -14,11 +14,7 @@ from sarnet.core.errors import ConfigError
 from sarnet.families.base import GenerativeModel, loss_precision
 from sarnet.masked.semidense import (ACTIVATIONS, LayerShape, SemiDenseStack, generate_autoregressive, hidden_shapes,
                                     threshold_emit)
-
-
-def patch_offsets(patch_index: torch.Tensor, n_patches: int) -> list[int]:
-    """Where each patch's units start in patch-major order, and where the last ends (n_patches + 1 numbers)."""
-    return [0, *torch.cumsum(torch.bincount(patch_index, minlength=n_patches), 0).tolist()]
+from sarnet.masked.semidense import _offsets as patch_offsets  # the incremental sampler's own patch-major offsets
 
 
 class PrefixForward:
@@ -168,27 +164,26 @@ class SarNet(GenerativeModel):
         clean = threshold_emit(threshold, clip_high=True)
         parts = []
         with evaluating(self):
-            prefix = PrefixForward(stack) if method == "incremental" else None
+            # Both methods step over patch-major units, where a patch is a column range.
+            order = torch.argsort(patch_index, stable=True)
+            inverse, ordered_index = torch.argsort(order), patch_index[order]
+            offsets = patch_offsets(patch_index, stack.n_patches)
+            if method == "incremental":
+                step = PrefixForward(stack)
+            else:  # the whole stack on the image in its own order
+
+                def step(x: torch.Tensor, k: int) -> torch.Tensor:
+                    return stack(x[:, inverse], None)[:, order[offsets[k] : offsets[k + 1]]]
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
                 alpha = alpha_max * torch.rand(b, 1, generator=generator)
-                noise = (alpha * torch.randn(b, PIXELS, generator=generator).abs()).to(param.device, param.dtype)
+                noise = (alpha * torch.randn(b, PIXELS, generator=generator).abs()).to(param.device, param.dtype)[:, order]
                 img = torch.zeros(b, PIXELS, device=param.device, dtype=param.dtype)
-                if prefix is None:
-                    for i in range(stack.n_patches - 1):
-                        chosen = (torch.rand(b, stack.n_patches, generator=generator) < p_earlier).to(param.device)
-                        noisy = chosen[:, patch_index] & (patch_index < i) | (patch_index == i)
-                        out = stack(img + noise * noisy, None)
-                        units = (patch_index == i + 1).nonzero().squeeze(1)
-                        img[:, units] = clean(out[:, units])
-                else:  # the same steps over patch-major units: a patch is a column range
-                    order, offsets = prefix.order.to(param.device), prefix.in_offsets
-                    ordered_index, noise = patch_index[order], noise[:, order]
-                    for i in range(stack.n_patches - 1):
-                        chosen = (torch.rand(b, stack.n_patches, generator=generator) < p_earlier).to(param.device)
-                        noisy = chosen[:, ordered_index] & (ordered_index < i) | (ordered_index == i)
-                        img[:, offsets[i + 1] : offsets[i + 2]] = clean(prefix(img + noise * noisy, i + 1))
-                    img = img[:, torch.argsort(order)]
+                for i in range(stack.n_patches - 1):
+                    chosen = (torch.rand(b, stack.n_patches, generator=generator) < p_earlier).to(param.device)
+                    noisy = chosen[:, ordered_index] & (ordered_index < i) | (ordered_index == i)
+                    img[:, offsets[i + 1] : offsets[i + 2]] = clean(step(img + noise * noisy, i + 1))
+                img = img[:, inverse]
                 if refine:
                     img = clean(stack(img, None))
                 parts.append(img)
