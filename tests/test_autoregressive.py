@@ -26,6 +26,11 @@ def small_pixelcnn(seed: int = 0) -> PixelCNN:
     return PixelCNN(channels=6, blocks=2, levels=256).double().eval()
 
 
+def small_gated_pixelcnn(seed: int = 0) -> PixelCNN:
+    torch.manual_seed(seed)
+    return PixelCNN(channels=5, blocks=2, levels=256, gated=True).double().eval()
+
+
 def small_pixelrnn(seed: int = 0) -> PixelRNN:
     torch.manual_seed(seed)
     return PixelRNN(hidden=3, layers=2, levels=256).double().eval()
@@ -48,7 +53,8 @@ def test_mask_a_and_b_count_their_taps(k):
 POSITIONS = sorted({0, 1, 27, 28, 29, 55, 56, 400, 405, 755, 782, 783} | set(range(100, 784, 97)))
 
 
-@pytest.mark.parametrize("make", [small_pixelcnn, small_pixelrnn], ids=["pixelcnn", "pixelrnn_row"])
+@pytest.mark.parametrize("make", [small_pixelcnn, small_gated_pixelcnn, small_pixelrnn],
+                         ids=["pixelcnn", "gated_pixelcnn", "pixelrnn_row"])
 def test_each_pixels_logits_depend_only_on_earlier_pixels(make):
     """Autograd Jacobian on random weights: no gradient from pixel i itself or any later one; the left
     neighbour and the pixel above do count (both directions of a Row LSTM's context); pixel 0 sees nothing."""
@@ -67,6 +73,28 @@ def test_each_pixels_logits_depend_only_on_earlier_pixels(make):
     x = torch.rand(1, 784, dtype=torch.float64, requires_grad=True)
     model.logits(x)[0, :, 0, 0].sum().backward()
     assert torch.all(x.grad == 0)
+
+
+def _seen(model, r: int, c: int) -> set[tuple[int, int]]:
+    """The pixels whose value moves the logits at (r, c), by autograd over eight random images."""
+    x = torch.rand(8, 784, dtype=torch.float64, requires_grad=True)
+    model.logits(x)[:, :, r, c].sum().backward()
+    return {divmod(i, 28) for i in (x.grad.abs().sum(0) > 0).nonzero().flatten().tolist()}
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_the_gated_stacks_see_the_whole_window_above_and_to_the_left_and_nothing_else(blocks):
+    """By hand: the first layer reads rows r − 4..r − 1 (columns c ± 3) and the 3 pixels to the left; each
+    block adds one row up, one column each side above, one column to the left. No blind spot: the plain
+    stack (7×7 mask A, then 3×3 blocks) never sees (r − 1, c + 4)."""
+    torch.manual_seed(2)
+    model = PixelCNN(channels=5, blocks=blocks, levels=4, gated=True).double().eval()
+    for r, c in [(14, 13), (6, 2), (27, 27), (1, 25)]:
+        window = {(y, x) for y in range(r - 4 - blocks, r) for x in range(c - 3 - blocks, c + 4 + blocks)}
+        window |= {(r, x) for x in range(c - 3 - blocks, c)}
+        assert _seen(model, r, c) == {(y, x) for y, x in window if 0 <= y < 28 and 0 <= x < 28}
+    plain = small_pixelcnn(2)
+    assert (13, 17) in _seen(model, 14, 13) and (13, 17) not in _seen(plain, 14, 13)
 
 
 def test_the_prior_at_a_code_position_ignores_that_code_and_every_later_one():
@@ -107,6 +135,15 @@ def test_cached_pixelcnn_sampler_equals_the_naive_loop(seed):
     assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), 1.0, "cached"))
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_cached_gated_pixelcnn_sampler_equals_the_naive_loop(seed):
+    model = small_gated_pixelcnn(seed)
+    u = uniforms(3, 784, seed)
+    cached = model.sample_levels(u, 0.9, "cached")
+    assert torch.equal(cached, model.sample_levels(u, 0.9, "naive"))
+    assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), 0.9, "cached"))
+
+
 @pytest.mark.parametrize("seed", [6, 7])
 def test_cached_row_lstm_sampler_equals_the_naive_loop(seed):
     model = small_pixelrnn(seed)
@@ -119,6 +156,7 @@ def test_cached_prior_sampler_equals_the_naive_loop(seed):
     prior = small_vqvae(seed).prior.double().eval()
     u = uniforms(4, GRID * GRID, seed)
     assert torch.equal(prior.sample_codes(u, 1.0, "cached"), prior.sample_codes(u, 1.0, "naive"))
+
 
 
 def test_draws_follow_the_inverse_cdf():
@@ -144,7 +182,8 @@ def test_draws_follow_the_inverse_cdf_of_the_tempered_softmax(temperature):
     assert draw_levels(logits, u, 1.0).tolist() != [0, 0, 1, 1, 2]  # the cut points moved: T matters here
 
 
-@pytest.mark.parametrize("make", [lambda: PixelCNN(4, 1, 256), lambda: PixelRNN(2, 1, 256), lambda: small_vqvae()])
+@pytest.mark.parametrize("make", [lambda: PixelCNN(4, 1, 256), lambda: PixelCNN(4, 1, 256, gated=True),
+                                  lambda: PixelRNN(2, 1, 256), lambda: small_vqvae()])
 def test_generate_is_seeded_and_gives_pixels(make):
     torch.manual_seed(11)
     model = make()
@@ -197,7 +236,8 @@ def images(n: int = 256, seed: int = 0) -> torch.Tensor:
     return (blobs.view(n, 784) * 255).round() / 255
 
 
-@pytest.mark.parametrize("make", [lambda: PixelCNN(8, 2, 256), lambda: PixelRNN(4, 1, 256)], ids=["pixelcnn", "pixelrnn"])
+@pytest.mark.parametrize("make", [lambda: PixelCNN(8, 2, 256), lambda: PixelCNN(8, 2, 256, gated=True),
+                                  lambda: PixelRNN(4, 1, 256)], ids=["pixelcnn", "gated_pixelcnn", "pixelrnn"])
 def test_one_epoch_lowers_the_training_loss(make, tmp_path):
     seed_everything(12)
     model = make()
@@ -319,7 +359,7 @@ def test_the_vqvae_trains_through_fit_and_reports_its_codebook(tmp_path):
     assert {"test_mse", "test_l1", "prior_test_nll_nats", "prior_test_bits_per_code"} <= set(metrics)
 
 
-@pytest.mark.parametrize("make", [lambda: PixelCNN(0, 1, 256), lambda: PixelRNN(4, 0, 256),
+@pytest.mark.parametrize("make", [lambda: PixelCNN(0, 1, 256), lambda: PixelCNN(4, 1, 4, gated="yes"), lambda: PixelRNN(4, 0, 256),
                                   lambda: VQVAE(4, 12, -1.0, 8, 1, 0.95, 3e-4), lambda: causal_mask(4, "A"),
                                   lambda: MaskedConv2d(1, 1, 3, "C")])
 def test_impossible_settings_are_one_line_errors(make):
@@ -354,7 +394,8 @@ def _inverse_cdf_by_hand(logits: torch.Tensor, u: torch.Tensor, temperature: flo
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("make", [lambda: small_pixelcnn(5), lambda: small_pixelrnn(5)], ids=["pixelcnn", "pixelrnn_row"])
+@pytest.mark.parametrize("make", [lambda: small_pixelcnn(5), lambda: small_gated_pixelcnn(5), lambda: small_pixelrnn(5)],
+                         ids=["pixelcnn", "gated_pixelcnn", "pixelrnn_row"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_a_pixel_models_samples_are_drawn_from_the_distribution_its_training_loss_scores(make, temperature, monkeypatch):
     """Sampling must feed the network what training feeds it (scale, order, type): the logits the

@@ -102,25 +102,80 @@ def _positive(kind: str, **values: int) -> None:
             raise ConfigError(f"{kind}: {name} must be an integer in 1..{MAX_ARG}, got {value!r}")
 
 
+def _gate(pre: torch.Tensor, dim: int) -> torch.Tensor:
+    """tanh(a) · σ(b) of the two halves of `pre` along `dim` (the gated PixelCNN's unit)."""
+    a, b = pre.chunk(2, dim=dim)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedBlock(nn.Module):
+    """One gated block (van den Oord et al. 2016b) of C channels, without a blind spot. The vertical stack
+    at row r sees only rows above r: its 2×3 convolution reads its own input's rows r − 1 and r, which
+    already see only rows above. The horizontal stack at (r, c) reads its input at (r, c − 1) and (r, c),
+    plus a 1×1 link from the vertical stack at (r, c), and adds its gated output back (residual)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.vertical = nn.Conv2d(channels, 2 * channels, (2, 3))
+        self.link = nn.Conv2d(channels, 2 * channels, 1)
+        self.horizontal = nn.Conv2d(channels, 2 * channels, (1, 2))
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = _gate(self.vertical(F.pad(v, (1, 1, 1, 0))), dim=1)
+        h = h + self.out(_gate(self.horizontal(F.pad(h, (1, 0, 0, 0))) + self.link(v), dim=1))
+        return v, h
+
+    def horizontal_weight(self) -> torch.Tensor:
+        """The horizontal convolution's taps c − 1, c as a (2·C, 2C) matrix (tap-major)."""
+        return self.horizontal.weight[:, :, 0].permute(2, 1, 0).reshape(-1, self.horizontal.out_channels)
+
+
+FIRST_K = 7  # the first layer's reach: 4 rows above (7 wide) and 3 pixels to the left, as a 7×7 mask A
+
+
 class PixelCNN(_PixelModel):
-    """PixelCNN-small (docs/baselines.md "PixelCNN"): mask-A 7×7 conv 1 → C, ReLU; `blocks` residual blocks
-    h + ReLU(mask-B 3×3 conv C → C); 1×1 conv C → 2C, ReLU; 1×1 conv → `levels` logits. No BatchNorm:
-    in training mode its batch statistics would leak later pixels into earlier ones."""
+    """PixelCNN (docs/baselines.md "PixelCNN"), two stacks by `gated`.
+
+    Plain (the seeds'): mask-A 7×7 conv 1 → C, ReLU; `blocks` residual blocks h + ReLU(mask-B 3×3 conv
+    C → C); 1×1 conv C → 2C, ReLU; 1×1 conv → `levels` logits. Each 3×3 block reaches one row up and one
+    column right of it, so pixels up and to the right beyond that diagonal are never seen (the blind spot).
+    Gated: a first layer whose vertical stack reads the 4 rows above (7 wide) and whose horizontal stack
+    reads the 3 pixels to the left, both gated, then `blocks` `GatedBlock`s, ReLU and the same head: every
+    pixel above within the blocks' reach is seen. No BatchNorm: in training mode its batch statistics would
+    leak later pixels into earlier ones."""
 
     kind = "pixelcnn"
-    arch_keys = ("channels", "blocks", "levels")
+    arch_keys = ("channels", "blocks", "levels", "gated")
 
-    def __init__(self, channels: int, blocks: int, levels: int) -> None:
+    def __init__(self, channels: int, blocks: int, levels: int, gated: bool = False) -> None:
         super().__init__()
         _positive(self.kind, channels=channels, blocks=blocks, levels=levels)
-        self.model_args = {"channels": int(channels), "blocks": int(blocks), "levels": int(levels)}
-        self.levels = levels
-        self.first = MaskedConv2d(1, channels, 7, "A")
-        self.blocks = nn.ModuleList(MaskedConv2d(channels, channels, 3, "B") for _ in range(blocks))
+        if not isinstance(gated, bool):
+            raise ConfigError(f"{self.kind}: gated must be true or false, got {gated!r}")
+        self.model_args = {"channels": int(channels), "blocks": int(blocks), "levels": int(levels), "gated": gated}
+        self.levels, self.gated = levels, gated
+        if gated:
+            self.first_vertical = nn.Conv2d(1, 2 * channels, (FIRST_K // 2 + 1, FIRST_K))
+            self.first_link = nn.Conv2d(channels, 2 * channels, 1)
+            self.first_horizontal = nn.Conv2d(1, 2 * channels, (1, FIRST_K // 2))
+            self.blocks = nn.ModuleList(GatedBlock(channels) for _ in range(blocks))
+        else:
+            self.first = MaskedConv2d(1, channels, FIRST_K, "A")
+            self.blocks = nn.ModuleList(MaskedConv2d(channels, channels, 3, "B") for _ in range(blocks))
         self.head = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1), nn.ReLU(), nn.Conv2d(2 * channels, levels, 1))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.first(x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)))
+        x = x.view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        if self.gated:
+            reach = FIRST_K // 2
+            # rows r − 4..r − 1 for row r: pad 4 above, drop the last output row (it would see row 27 itself)
+            v = _gate(self.first_vertical(F.pad(x, (reach, reach, reach + 1, 0)))[:, :, :IMAGE_SIZE], dim=1)
+            h = _gate(self.first_horizontal(F.pad(x, (reach, 0, 0, 0)))[:, :, :, :IMAGE_SIZE] + self.first_link(v), dim=1)
+            for block in self.blocks:
+                v, h = block(v, h)
+            return self.head(F.relu(h))
+        h = F.relu(self.first(x))
         for block in self.blocks:
             h = h + F.relu(block(h))
         return self.head(h)
@@ -128,7 +183,14 @@ class PixelCNN(_PixelModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
 
+    def _head_at(self, h: torch.Tensor) -> torch.Tensor:
+        head_in, head_out = self.head[0], self.head[2]
+        return F.linear(F.relu(F.linear(h, head_in.weight.flatten(1), head_in.bias)), head_out.weight.flatten(1), head_out.bias)
+
     def _cached(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        return (self._cached_gated if self.gated else self._cached_plain)(uniforms, temperature)
+
+    def _cached_plain(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
         """Position by position: the first layer's and every block's activation at p from the maps of the
         positions before (and, for type B, at) p, then the head at p; each computed once."""
         param = self._param()
@@ -136,7 +198,6 @@ class PixelCNN(_PixelModel):
         pixels = PaddedMap(n, 1, 3, param)
         maps = [PaddedMap(n, self.first.out_channels, 1, param) for _ in range(len(self.blocks) + 1)]
         weights = [(self.first.tap_weight(), self.first.bias)] + [(b.tap_weight(), b.bias) for b in self.blocks]
-        head_in, head_hidden = self.head[0], self.head[2]
         levels = torch.zeros(n, PIXELS, dtype=torch.long)
         for p in range(PIXELS):
             r, c = divmod(p, IMAGE_SIZE)
@@ -147,10 +208,59 @@ class PixelCNN(_PixelModel):
                 w, b = weights[i + 1]
                 h = h + F.relu(torch.addmm(b, maps[i].gather(r, c, block.taps), w))
                 maps[i + 1].write(r, c, h)
-            hidden = F.relu(F.linear(h, head_in.weight.flatten(1), head_in.bias))
-            logits = F.linear(hidden, head_hidden.weight.flatten(1), head_hidden.bias)
-            levels[:, p] = draw_levels(logits, uniforms[:, p], temperature)
+            levels[:, p] = draw_levels(self._head_at(h), uniforms[:, p], temperature)
             pixels.write(r, c, self._images(levels[:, p : p + 1]).to(param.device, param.dtype))
+        return levels
+
+    def _cached_gated(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Row by row, then pixel by pixel. The vertical stacks of row r see only rows above it, so once
+        row r − 1 is drawn they are computed for the whole row at once (each layer's 2-row strip), with
+        their links into the horizontal stacks. Then, pixel by pixel, each horizontal layer at (r, c) from
+        its input at (r, c − 1) and (r, c) and the link: about one forward pass per image in all."""
+        param = self._param()
+        n, size, reach = len(uniforms), IMAGE_SIZE, FIRST_K // 2
+        channels = self.first_link.in_channels
+        # Vertical inputs channels-first with a zero border (pixels: 4 rows above, 3 columns each side;
+        # each layer's output: 1 row above, 1 column each side), so a row's strip is one slice.
+        pixels = torch.zeros(n, 1, size + reach + 1, size + 2 * reach, dtype=param.dtype, device=param.device)
+        verticals = [torch.zeros(n, channels, size + 1, size + 2, dtype=param.dtype, device=param.device)
+                     for _ in range(len(self.blocks) + 1)]
+        # The pixels of the row being drawn, column-major with a zero border on the left; each block's
+        # horizontal input at (r, c − 1) is kept as `lefts[i]` (zero at c = 0), its taps as two matrices.
+        pixel_row = torch.zeros(size + reach, n, 1, dtype=param.dtype, device=param.device)
+        w_first = self.first_horizontal.weight[:, 0, 0].t()  # (3 taps, 2C)
+        w_blocks = [(*block.horizontal_weight().split(channels), block.out.weight.flatten(1).t(), block.out.bias)
+                    for block in self.blocks]
+
+        def link_row(link: nn.Conv2d, v: torch.Tensor, horizontal_bias: torch.Tensor) -> torch.Tensor:
+            """(28, N, 2C): the link from a row of the vertical stack (N, C, 1, 28) plus the horizontal
+            convolution's bias, column-major and contiguous (a column's (N, 2C) is then one block)."""
+            columns = v[:, :, 0].permute(2, 0, 1).reshape(size * n, channels)
+            return torch.addmm(link.bias + horizontal_bias, columns, link.weight.flatten(1).t()).view(size, n, -1)
+
+        levels = torch.zeros(n, PIXELS, dtype=torch.long)
+        for r in range(size):
+            pre = self.first_vertical(pixels[:, :, r : r + reach + 1])  # (N, 2C, 1, 28)
+            v = _gate(pre, dim=1)
+            verticals[0][:, :, r + 1, 1 : size + 1] = v[:, :, 0]
+            links = [link_row(self.first_link, v, self.first_horizontal.bias)]
+            for i, block in enumerate(self.blocks):
+                v = _gate(block.vertical(verticals[i][:, :, r : r + 2]), dim=1)
+                verticals[i + 1][:, :, r + 1, 1 : size + 1] = v[:, :, 0]
+                links.append(link_row(block.link, v, block.horizontal.bias))
+            pixel_row.zero_()
+            lefts = [torch.zeros(n, channels, dtype=param.dtype, device=param.device) for _ in self.blocks]
+            for c in range(size):
+                h = _gate(torch.addmm(links[0][c], pixel_row[c : c + reach].transpose(0, 1).reshape(n, reach), w_first), dim=1)
+                for i, ((w_left, w_here, w_out, b_out), link) in enumerate(zip(w_blocks, links[1:])):
+                    pre = torch.addmm(link[c], lefts[i], w_left).addmm_(h, w_here)
+                    lefts[i] = h
+                    h = h + torch.addmm(b_out, _gate(pre, dim=1), w_out)
+                p = r * size + c
+                levels[:, p] = draw_levels(self._head_at(F.relu(h)), uniforms[:, p], temperature)
+                value = self._images(levels[:, p]).to(param.device, param.dtype)
+                pixel_row[c + reach, :, 0] = value
+                pixels[:, 0, r + reach + 1, c + reach] = value
         return levels
 
 
@@ -163,7 +273,6 @@ class RowLSTM(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.input_to_state = nn.Conv2d(2 * hidden, 4 * hidden, (1, 3), padding=(0, 1))
-        self.register_buffer("row_mask", torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 3), persistent=False)
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, 3, padding=1)
         self.project = nn.Conv2d(hidden, 2 * hidden, 1)
 
@@ -175,7 +284,7 @@ class RowLSTM(nn.Module):
 
     def state_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The state-to-state convolution as a (3h, 4h) matrix over the row above's taps c − 1, c, c + 1
-        (tap-major, as `row_windows`), and its bias."""
+        (tap-major, as the `above` windows of `forward`), and its bias."""
         return self.state_to_state.weight.permute(2, 1, 0).reshape(3 * self.hidden, 4 * self.hidden), self.state_to_state.bias
 
     def input_weight(self) -> torch.Tensor:
