@@ -158,7 +158,6 @@ def test_cached_prior_sampler_equals_the_naive_loop(seed):
     assert torch.equal(prior.sample_codes(u, 1.0, "cached"), prior.sample_codes(u, 1.0, "naive"))
 
 
-
 def test_draws_follow_the_inverse_cdf():
     logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]] * 5, dtype=torch.float64))
     u = torch.tensor([0.0, 0.19, 0.21, 0.49, 0.99], dtype=torch.float64)
