@@ -126,22 +126,17 @@ def uniforms(n: int, steps: int, seed: int) -> torch.Tensor:
     return torch.rand(n, steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("seed", [3, 4, 5])
-def test_cached_pixelcnn_sampler_equals_the_naive_loop(seed):
-    model = small_pixelcnn(seed)
+@pytest.mark.parametrize("make, seed, temperature", [(small_pixelcnn, 3, 1.0), (small_pixelcnn, 4, 1.0),
+                                                     (small_pixelcnn, 5, 1.0), (small_gated_pixelcnn, 3, 0.9),
+                                                     (small_gated_pixelcnn, 4, 0.9)],
+                         ids=["plain-3", "plain-4", "plain-5", "gated-3", "gated-4"])
+def test_cached_pixelcnn_sampler_equals_the_naive_loop(make, seed, temperature):
+    """Both stacks: the plain one position by position, the gated one row by row then pixel by pixel."""
+    model = make(seed)
     u = uniforms(3, 784, seed)
-    cached = model.sample_levels(u, 1.0, "cached")
-    assert torch.equal(cached, model.sample_levels(u, 1.0, "naive"))
-    assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), 1.0, "cached"))
-
-
-@pytest.mark.parametrize("seed", [3, 4])
-def test_cached_gated_pixelcnn_sampler_equals_the_naive_loop(seed):
-    model = small_gated_pixelcnn(seed)
-    u = uniforms(3, 784, seed)
-    cached = model.sample_levels(u, 0.9, "cached")
-    assert torch.equal(cached, model.sample_levels(u, 0.9, "naive"))
-    assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), 0.9, "cached"))
+    cached = model.sample_levels(u, temperature, "cached")
+    assert torch.equal(cached, model.sample_levels(u, temperature, "naive"))
+    assert not torch.equal(cached, model.sample_levels(uniforms(3, 784, seed + 50), temperature, "cached"))
 
 
 @pytest.mark.parametrize("seed", [6, 7])
