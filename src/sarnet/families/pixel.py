@@ -223,11 +223,11 @@ class PixelCNN(_PixelModel):
         # Vertical inputs channels-first with a zero border (pixels: 4 rows above, 3 columns each side;
         # each layer's output: 1 row above, 1 column each side), so a row's strip is one slice.
         pixels = torch.zeros(n, 1, size + reach + 1, size + 2 * reach, dtype=param.dtype, device=param.device)
+        # The input of each block's vertical stack (the last block's output feeds only its own link).
         verticals = [torch.zeros(n, channels, size + 1, size + 2, dtype=param.dtype, device=param.device)
-                     for _ in range(len(self.blocks) + 1)]
-        # The pixels of the row being drawn, column-major with a zero border on the left; each block's
-        # horizontal input at (r, c − 1) is kept as `lefts[i]` (zero at c = 0), its taps as two matrices.
-        pixel_row = torch.zeros(size + reach, n, 1, dtype=param.dtype, device=param.device)
+                     for _ in self.blocks]
+        # Each block's horizontal input at (r, c − 1) is kept as `lefts[i]` (zero at c = 0), its taps as
+        # two matrices; the first layer's taps c − 3..c − 1 are read from `pixels`' row being drawn.
         w_first = self.first_horizontal.weight[:, 0, 0].t()  # (3 taps, 2C)
         w_blocks = [(*block.horizontal_weight().split(channels), block.out.weight.flatten(1).t(), block.out.bias)
                     for block in self.blocks]
@@ -240,27 +240,22 @@ class PixelCNN(_PixelModel):
 
         levels = torch.zeros(n, PIXELS, dtype=torch.long)
         for r in range(size):
-            pre = self.first_vertical(pixels[:, :, r : r + reach + 1])  # (N, 2C, 1, 28)
-            v = _gate(pre, dim=1)
-            verticals[0][:, :, r + 1, 1 : size + 1] = v[:, :, 0]
+            v = _gate(self.first_vertical(pixels[:, :, r : r + reach + 1]), dim=1)  # (N, C, 1, 28)
             links = [link_row(self.first_link, v, self.first_horizontal.bias)]
             for i, block in enumerate(self.blocks):
+                verticals[i][:, :, r + 1, 1 : size + 1] = v[:, :, 0]
                 v = _gate(block.vertical(verticals[i][:, :, r : r + 2]), dim=1)
-                verticals[i + 1][:, :, r + 1, 1 : size + 1] = v[:, :, 0]
                 links.append(link_row(block.link, v, block.horizontal.bias))
-            pixel_row.zero_()
             lefts = [torch.zeros(n, channels, dtype=param.dtype, device=param.device) for _ in self.blocks]
             for c in range(size):
-                h = _gate(torch.addmm(links[0][c], pixel_row[c : c + reach].transpose(0, 1).reshape(n, reach), w_first), dim=1)
+                h = _gate(torch.addmm(links[0][c], pixels[:, 0, r + reach + 1, c : c + reach], w_first), dim=1)
                 for i, ((w_left, w_here, w_out, b_out), link) in enumerate(zip(w_blocks, links[1:])):
                     pre = torch.addmm(link[c], lefts[i], w_left).addmm_(h, w_here)
                     lefts[i] = h
                     h = h + torch.addmm(b_out, _gate(pre, dim=1), w_out)
                 p = r * size + c
                 levels[:, p] = draw_levels(self._head_at(F.relu(h)), uniforms[:, p], temperature)
-                value = self._images(levels[:, p]).to(param.device, param.dtype)
-                pixel_row[c + reach, :, 0] = value
-                pixels[:, 0, r + reach + 1, c + reach] = value
+                pixels[:, 0, r + reach + 1, c + reach] = self._images(levels[:, p]).to(param.device, param.dtype)
         return levels
 
 
@@ -278,9 +273,10 @@ class RowLSTM(nn.Module):
 
     def cell(self, gates: torch.Tensor, c_prev: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """LSTM update from gate pre-activations (input, forget, output, candidate; 4h along `dim`) and c of the row above."""
-        i, f, o, g = gates.chunk(4, dim=dim)
-        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        ifo, g = gates.split([3 * self.hidden, self.hidden], dim=dim)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=dim)  # one sigmoid for the three gates: the sampler calls this per pixel
+        c = torch.addcmul(f * c_prev, i, torch.tanh(g))
+        return o * torch.tanh(c), c
 
     def state_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The state-to-state convolution as a (3h, 4h) matrix over the row above's taps c − 1, c, c + 1
@@ -338,46 +334,55 @@ class PixelRNN(_PixelModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
 
+    def _head_at(self, x: torch.Tensor) -> torch.Tensor:
+        """The head at one position, (N, 2h) -> (N, levels): its 1×1 convolutions as matrix products."""
+        for conv in self.head[1::2]:
+            x = F.linear(F.relu(x), conv.weight.flatten(1), conv.bias)
+        return x
+
     def _cached(self, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Pixel by pixel: each layer's input at (r, c) and (r, c − 1), its state of the row above at
-        c − 1, c, c + 1 (two row buffers per layer: the row above and the row being filled)."""
+        """Row by row, then pixel by pixel. Once row r − 1 is drawn, every layer's state of that row is
+        final, so each layer's state-to-state gates for row r are one product for the whole row, and so
+        is the first layer's part from the rows above (its mask-A rows r − 3..r − 1). Then, pixel by
+        pixel, only what reads row r itself: the first layer's 3 pixels to the left, each layer's input
+        at (r, c − 1) and (r, c), and its state of the row above at c (two row buffers per layer)."""
         param = self._param()
-        n, hidden = len(uniforms), self.rows[0].hidden if len(self.rows) else 0
-        pixels = PaddedMap(n, 1, 3, param)
-        inputs = [PaddedMap(n, 2 * hidden, 1, param) for _ in range(len(self.rows) + 1)]
-
-        def zeros(width: int) -> torch.Tensor:
-            return torch.zeros(n, width, hidden, dtype=param.dtype, device=param.device)  # column-major rows, as state_weight
-
-        above_h = [zeros(IMAGE_SIZE + 2) for _ in self.rows]  # padded by one column each side
-        above_c = [zeros(IMAGE_SIZE) for _ in self.rows]
-        this_h = [zeros(IMAGE_SIZE + 2) for _ in self.rows]
-        this_c = [zeros(IMAGE_SIZE) for _ in self.rows]
-        row_taps = [(0, -1), (0, 0)]
-        w_first = self.first.tap_weight()
-        w_in = [(layer.input_weight(), layer.input_to_state.bias) for layer in self.rows]
+        n, size, reach, hidden = len(uniforms), IMAGE_SIZE, self.first.kernel_size[0] // 2, self.rows[0].hidden
+        like = {"dtype": param.dtype, "device": param.device}
+        # The pixels channels-first with a zero border (3 rows above, 3 columns each side), so the rows
+        # above row r are one slice; each layer's states column-major (column, N, h), as state_weight.
+        pixels = torch.zeros(n, 1, size + reach, size + 2 * reach, **like)
+        w_above = (self.first.weight * self.first.mask)[:, :, :reach]
+        w_left = self.first.weight[:, 0, reach, :reach].t()  # (3 taps c − 3..c − 1, 2h)
+        above_h = [torch.zeros(size + 2, n, hidden, **like) for _ in self.rows]  # a zero column each side
+        this_h = [torch.zeros(size + 2, n, hidden, **like) for _ in self.rows]
+        above_c = [torch.zeros(size, n, hidden, **like) for _ in self.rows]
+        this_c = [torch.zeros(size, n, hidden, **like) for _ in self.rows]
+        w_in = [layer.input_weight().split(2 * hidden) for layer in self.rows]  # taps c − 1, c
         w_state = [layer.state_weight() for layer in self.rows]
+        w_project = [(layer.project.weight.flatten(1).t(), layer.project.bias) for layer in self.rows]
         levels = torch.zeros(n, PIXELS, dtype=torch.long)
-        for p in range(PIXELS):
-            r, c = divmod(p, IMAGE_SIZE)
-            x = torch.addmm(self.first.bias, pixels.gather(r, c, self.first.taps), w_first)
-            inputs[0].write(r, c, x)
-            for i, layer in enumerate(self.rows):
-                w, b = w_in[i]
-                gates = torch.addmm(b, inputs[i].gather(r, c, row_taps), w)
-                ws, bs = w_state[i]
-                gates = gates + torch.addmm(bs, above_h[i][:, c : c + 3].reshape(n, -1), ws)
-                h, cell = layer.cell(gates, above_c[i][:, c])
-                this_h[i][:, c + 1], this_c[i][:, c] = h, cell
-                x = x + F.linear(h, layer.project.weight.flatten(1), layer.project.bias)
-                inputs[i + 1].write(r, c, x)
-            logits = x.view(n, -1, 1, 1)
-            logits = self.head(logits).view(n, -1)
-            levels[:, p] = draw_levels(logits, uniforms[:, p], temperature)
-            pixels.write(r, c, self._images(levels[:, p : p + 1]).to(param.device, param.dtype))
-            if c == IMAGE_SIZE - 1:  # the row is complete: it becomes the row above
-                above_h, this_h = this_h, above_h
-                above_c, this_c = this_c, above_c
+        for r in range(size):
+            first_row = F.conv2d(pixels[:, :, r : r + reach], w_above, self.first.bias)[:, :, 0].permute(2, 0, 1).contiguous()
+            state_gates = []
+            for layer, a, (ws, bs) in zip(self.rows, above_h, w_state):
+                windows = torch.cat([a[:size], a[1 : size + 1], a[2:]], dim=2).view(size * n, 3 * hidden)
+                gates = torch.addmm(bs + layer.input_to_state.bias, windows, ws)
+                state_gates.append(gates.view(size, n, 4 * hidden))
+            lefts = [torch.zeros(n, 2 * hidden, **like) for _ in self.rows]
+            for c in range(size):
+                x = torch.addmm(first_row[c], pixels[:, 0, r + reach, c : c + reach], w_left)
+                for i, layer in enumerate(self.rows):
+                    (w_l, w_here), (w_p, b_p) = w_in[i], w_project[i]
+                    gates = torch.addmm(state_gates[i][c], lefts[i], w_l).addmm_(x, w_here)
+                    lefts[i] = x
+                    h, cell = layer.cell(gates, above_c[i][c])
+                    this_h[i][c + 1], this_c[i][c] = h, cell
+                    x = x + torch.addmm(b_p, h, w_p)
+                p = r * size + c
+                levels[:, p] = draw_levels(self._head_at(x), uniforms[:, p], temperature)
+                pixels[:, 0, r + reach, c + reach] = self._images(levels[:, p]).to(param.device, param.dtype)
+            above_h, this_h, above_c, this_c = this_h, above_h, this_c, above_c  # row r becomes the row above
         return levels
 
 
