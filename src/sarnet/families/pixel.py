@@ -345,7 +345,7 @@ class PixelRNN(_PixelModel):
         final, so each layer's state-to-state gates for row r are one product for the whole row, and so
         is the first layer's part from the rows above (its mask-A rows r − 3..r − 1). Then, pixel by
         pixel, only what reads row r itself: the first layer's 3 pixels to the left, each layer's input
-        at (r, c − 1) and (r, c), and its state of the row above at c (two row buffers per layer)."""
+        at (r, c − 1) and (r, c), and its cell state of the row above at c (two row buffers per layer)."""
         param = self._param()
         n, size, reach, hidden = len(uniforms), IMAGE_SIZE, self.first.kernel_size[0] // 2, self.rows[0].hidden
         like = {"dtype": param.dtype, "device": param.device}
