@@ -36,3 +36,20 @@ def test_the_training_speed_benchmark_times_one_tree():
     assert set(module.NAMES) <= set(models)
     assert module.time_tree(ROOT / "src", "conv_vae", models["conv_vae_L128"], 1, "cpu", images=256) > 0
     assert module.time_tree(ROOT / "src", "vqvae", models["vqvae"], 2, "cpu", images=64) > 0  # its two phases
+
+
+def test_the_protocol_time_report_converts_and_groups_stages_by_hand():
+    spec = importlib.util.spec_from_file_location("protocol_time", ROOT / "benchmarks" / "protocol_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # 10.8 s at 5.4 ms per GEMM-1024 is 2,000 units; a recorded unit count wins over the seconds
+    before = module.stage_units({"stages": {"train/a": 10.8, "fid/a": 5.4, "gen_xgboost": 2.7, "classifier/mnist": 1.08}},
+                                5.4)
+    assert before == pytest.approx({"train/a": 2000.0, "fid/a": 1000.0, "gen_xgboost": 500.0, "classifier/mnist": 200.0})
+    after = module.stage_units({"stages": {"train/a": 99.0, "fid/a": 2.8, "fid/b": 1.0, "gen_xgboost": 5.6},
+                                "gemm_units": {"train/a": 1500}}, 5.6)
+    assert after == pytest.approx({"train/a": 1500.0, "fid/a": 500.0, "fid/b": 1000 / 5.6, "gen_xgboost": 1000.0})
+    rows = module.by_family(before, after, {"a": "fam", "b": "fam"})
+    # fid/b and classifier/mnist are on one side only: left out of the families' comparison
+    assert [(family, n) for family, _, _, n in rows] == [("fam", 2), ("xgboost", 1)]
+    assert [x for _, b, a, _ in rows for x in (b, a)] == pytest.approx([3000.0, 2000.0, 500.0, 1000.0])
