@@ -74,13 +74,29 @@ def test_only_what_fits_runs_what_waits_on_a_skipped_stage_does_not_and_the_repo
     result = run_within(order, upstreams(STAGES), {k: float(v) for k, v in durations.items()}, 300.0, clock.run,
                         always=("table",), clock=clock, say=lambda _: None)
     assert clock.ran == result.ran == ["prepare", "train", "evaluate", "table"]
-    assert result.skipped == {"train2": "needs about 8.3 min, 3.2 min left", "evaluate2": "waits for train2"}
+    assert result.skipped == {"train2": "needs about 8.3 min, 3.1 min left", "evaluate2": "waits for train2"}  # 300 − 110 − 5
     assert result.failed is None
     # the second call: prepare, train and evaluate are no longer stale
     clock2 = FakeClock(durations)
     rest = run_within(["train2", "evaluate2", "table"], upstreams(STAGES), {k: float(v) for k, v in durations.items()},
                       600.0, clock2.run, always=("table",), clock=clock2, say=lambda _: None)
     assert rest.ran == ["train2", "evaluate2", "table"] and rest.skipped == {}
+
+
+def test_the_report_keeps_its_time_and_runs_even_when_the_rest_used_up_the_budget():
+    durations = {"prepare": 10, "train": 100, "evaluate": 50, "table": 5}
+    clock = FakeClock(durations)
+    # 160 s: prepare + train + evaluate would fill it exactly and squeeze the report out
+    result = run_within(["prepare", "train", "evaluate", "table"], upstreams(STAGES),
+                        {k: float(v) for k, v in durations.items()}, 160.0, clock.run, always=("table",), clock=clock,
+                        say=lambda _: None)
+    assert result.ran == ["prepare", "train", "table"]
+    assert result.skipped == {"evaluate": "needs about 0.8 min, 0.8 min left"}  # 160 − 110 − the report's 5 s
+    # a report that overran the others' estimates still runs
+    late = FakeClock({"prepare": 500, "table": 5})
+    result = run_within(["prepare", "table"], upstreams(STAGES), {"prepare": 10.0, "table": 5.0}, 100.0, late.run,
+                        always=("table",), clock=late, say=lambda _: None)
+    assert result.ran == ["prepare", "table"]
 
 
 def test_a_stage_that_overruns_its_estimate_leaves_less_time_for_the_next():

@@ -81,17 +81,21 @@ def run_within(order: Sequence[str], above: Mapping[str, set[str]], estimates: M
                run: Callable[[str], bool], always: Sequence[str] = (), clock: Callable[[], float] = time.monotonic,
                say: Callable[[str], None] = print) -> RefreshResult:
     """Run the stages of `order` whose estimate fits into what is left of `budget_s`; a stage whose
-    upstream did not run this time is skipped too (it would read the old result), except the `always`
-    ones (the report, which shows whatever finished). The first failure stops everything."""
+    upstream did not run this time is skipped too (it would read the old result). The `always` ones (the
+    report, which shows whatever finished) run in any case: their estimates are kept out of what the
+    others may use, so the report is not squeezed out by the last stage that fitted. The first failure
+    stops everything."""
     started = clock()
     result = RefreshResult()
     not_run: set[str] = set()
+    reserved = {name: estimates[name] for name in order if name in always}
     for index, name in enumerate(order):
-        left = budget_s - (clock() - started)
+        reserved.pop(name, None)
+        left = budget_s - (clock() - started) - sum(reserved.values())
         blocked = (above.get(name, set()) & not_run) if name not in always else set()
         if blocked:
             result.skipped[name] = f"waits for {sorted(blocked)[0]}"
-        elif estimates[name] > left:
+        elif estimates[name] > left and name not in always:
             result.skipped[name] = f"needs about {estimates[name] / 60:.1f} min, {max(left, 0) / 60:.1f} min left"
         else:
             say(f"[{index + 1}/{len(order)}] {name} (about {estimates[name] / 60:.1f} min of {left / 60:.1f} min left)")
