@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script, args, expected", [
     ("training_profile.py", ["--steps", "1", "--top", "1"], "conv_vae L = 128, batch 64:"),
     ("autoregressive_sampling.py", ["--n-naive", "1", "--n", "2", "--names", "pixelcnn"], "pixelcnn: 1 images naive"),
+    ("autoregressive_sampling.py", ["--n-naive", "1", "--n", "2", "--names", "pixelrnn_row", "--baseline", "HEAD",
+                                    "--rounds", "1"], "same images: True"),
     ("sampling_speed.py", ["--n-naive", "2", "--train-epochs", "1"], "training SarNetVAE(L = 128):"),
     ("sarnet_sampling.py", ["--n", "2", "--rounds", "1", "--names", "sarnet_patch7"], "sarnet_patch7 (16 patches): naive"),
 ])
