@@ -111,6 +111,14 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            elif kept is None:\n", "            elif False:\n", ("tests/test_check_lock.py",)),
     Mutation("lock_check_ignores_changed_params", ".ci/check_lock.py",
              "                if current != value:\n", "                if False:\n", ("tests/test_check_lock.py",)),
+    # --- sarnet repro --for on a new machine (2026-12-08): only what a stale stage reads is rebuilt
+    Mutation("refresh_rebuilds_every_missing_output", "src/sarnet/refresh.py",
+             "if outs and name not in needed and name not in run and _reads(reader, outs):",
+             "if outs and name not in needed and name not in run:",
+             ("tests/test_refresh.py",)),
+    Mutation("refresh_counts_a_deleted_raw_input_as_missing", "src/sarnet/refresh.py",
+             'state == "deleted" and path in outputs', 'state == "deleted"',
+             ("tests/test_refresh.py",)),
 )
 
 

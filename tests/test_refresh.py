@@ -2,7 +2,8 @@
 
 import pytest
 
-from sarnet.refresh import StageInfo, estimate_seconds, run_within, upstreams, with_downstream
+from sarnet.refresh import (StageInfo, estimate_seconds, in_dependency_order, missing_inputs, run_within, split_status,
+                            upstreams, with_downstream)
 
 # prepare -> train -> evaluate -> table; train2 -> evaluate2 -> table; figures reads a folder of models
 STAGES = [
@@ -46,6 +47,44 @@ def test_a_cycle_is_an_error():
     cycle = [StageInfo("a", ("y",), ("x",)), StageInfo("b", ("x",), ("y",))]
     with pytest.raises(ValueError, match="cycle"):
         with_downstream({"a"}, cycle)
+
+
+def test_dvc_status_splits_into_stale_stages_and_outputs_this_machine_lacks():
+    # shaped as dvc 3's Repo.status() answers (seen on a real project with its cache emptied)
+    status = {
+        "prepare": [{"changed outs": {"data/mnist.npz": "not in cache"}}],
+        "train": [{"changed deps": {"data/mnist.npz": "deleted"}}, {"changed outs": {"models/a.pt": "not in cache"}}],
+        "train2": [{"changed deps": {"data/mnist.npz": "deleted", "train.py": "modified"}}],  # code changed
+        "evaluate": ["changed command"],
+        "evaluate2": [{"changed deps": {"params.yaml": {"fid.sets": "modified"}}}],
+        "figures": [{"changed outs": {"figures.png": "modified", "metrics/figures.json": "deleted"}}],  # edited by hand
+        "table": [{"changed deps": {"metrics/fid": "deleted"}}],  # a folder no stage writes as such
+    }
+    present = {"models/a.pt"}  # in the work tree, not in the cache
+    stale, missing = split_status(status, STAGES, present.__contains__)
+    assert stale == {"train2", "evaluate", "evaluate2", "figures", "table"}
+    assert missing == {"prepare": ("data/mnist.npz",), "train": ()}
+    assert split_status({}, STAGES, present.__contains__) == (set(), {})
+    # a deleted input that no stage writes (raw data gone) is not a missing output: the stage is stale
+    stale, missing = split_status({"prepare": [{"changed deps": {"raw.gz": "deleted"}}]}, STAGES, present.__contains__)
+    assert stale == {"prepare"} and missing == {}
+
+
+def test_only_the_missing_outputs_a_stale_stage_reads_are_rebuilt():
+    lacking = {"prepare": ("data/mnist.npz",), "train": ("models/a.pt",), "train2": ("models/b.pt",),
+               "evaluate": ()}  # evaluate lacks nothing (its outputs are in git), only its input
+    # evaluate2 is stale: it needs train2's model, which needs prepare's data; train's model is not read
+    assert missing_inputs({"evaluate2", "table"}, lacking, STAGES) == {"train2", "prepare"}
+    # figures reads the models folder: both models
+    assert missing_inputs({"figures"}, lacking, STAGES) == {"train", "train2", "prepare"}
+    assert in_dependency_order({"figures", "train", "train2", "prepare"}, STAGES) == ["prepare", "train", "train2", "figures"]
+    # a stage that runs anyway is not counted as rebuilt, and what its outputs hold is not asked for
+    assert missing_inputs({"train2", "evaluate2"}, lacking, STAGES) == {"prepare"}
+    assert missing_inputs({"table"}, lacking, STAGES) == set()  # the evaluations' metrics are here
+    assert missing_inputs(set(), lacking, STAGES) == set()
+    # a frozen stage never reads its inputs again
+    frozen = [*STAGES, StageInfo("instrument", ("data/mnist.npz",), ("models/cnn.pt",), frozen=True)]
+    assert missing_inputs({"instrument"}, lacking, frozen) == set()
 
 
 def test_estimates_scale_with_the_machine_s_gemm_time():
@@ -160,3 +199,66 @@ def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
     assert "Data and pipelines are up to date" in sh("dvc", "status").stdout
     third = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "1")
     assert "nothing is stale" in third.stdout
+
+
+def test_sarnet_repro_for_on_a_new_machine_rebuilds_only_what_a_stale_stage_reads(tmp_path):
+    """A new machine: an empty DVC cache and no models, while dvc.lock is current but for c's code.
+    `sarnet repro --for` rebuilds a and b (c reads b's output, b reads a's), then c; d and e only lack
+    their outputs, so they stay as they are. When the rebuilt a gives other bytes (another CPU type:
+    here an input dvc.yaml does not declare), its other reader d is stale, and a second round runs it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def sh(*cmd):
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+
+    def new_machine():
+        shutil.rmtree(tmp_path / ".dvc" / "cache")
+        for name in "abcde":
+            (tmp_path / f"{name}.txt").unlink(missing_ok=True)
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
+    env.pop("SARNET_PARENT_RUN_ID", None)
+    stage = ("import json, sys\nfrom pathlib import Path\nname, src = sys.argv[1], sys.argv[2:]\n"
+             "text = ''.join(Path(s).read_text() for s in src)\nPath(f'{name}.txt').write_text(text + name)\n"
+             "Path('metrics/timing').mkdir(parents=True, exist_ok=True)\n"
+             "Path(f'metrics/timing/{name}.json').write_text(json.dumps({'seconds': 1.0}))\n")
+    (tmp_path / "stage.py").write_text(stage)
+    for name, text in (("a.py", "# a\n"), ("c.py", "# c\n"), ("e.py", "# e\n"), ("cpu", "cpu 1\n")):
+        (tmp_path / name).write_text(text)
+    reads = {"a": ["a.py"], "b": ["a.txt"], "c": ["b.txt", "c.py"], "d": ["a.txt"], "e": ["e.py"]}
+    dvc_yaml = {"stages": {
+        name: {"cmd": f"python stage.py {name} {' '.join(src + (['cpu'] if name == 'a' else []))}",
+               "deps": ["stage.py", *src], "outs": [f"{name}.txt", {f"metrics/timing/{name}.json": {"cache": False}}]}
+        for name, src in reads.items()}}
+    (tmp_path / "dvc.yaml").write_text(json.dumps(dvc_yaml))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        assert sh(*cmd).returncode == 0
+
+    new_machine()
+    (tmp_path / "c.py").write_text("# c, changed\n")
+    first = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "5")
+    assert first.returncode == 0, first.stderr
+    assert "3 stages to refresh (2 of them only because a stale stage reads their outputs" in first.stdout
+    assert [line.split()[1] for line in first.stdout.splitlines() if line.startswith("[")] == ["a", "b", "c"]
+    assert "refreshed 3 stage(s); nothing left to refresh" in first.stdout
+    assert (tmp_path / "c.txt").read_text() == "# a\ncpu 1\nab# c, changed\nc"
+    assert not (tmp_path / "d.txt").exists() and not (tmp_path / "e.txt").exists()
+    again = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "5")
+    assert "nothing is stale: every stage is up to date (2 lack their outputs here" in again.stdout, again.stdout
+
+    new_machine()
+    (tmp_path / "cpu").write_text("cpu 2\n")  # the rebuilt a.txt will differ from the one d read
+    (tmp_path / "c.py").write_text("# c, changed again\n")
+    second = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "5")
+    assert second.returncode == 0, second.stderr
+    assert "again, as the stages rebuilt above changed what their readers read: 1 stages to refresh" in second.stdout
+    assert [line.split()[1] for line in second.stdout.splitlines() if line.startswith("[")] == ["a", "b", "c", "d"]
+    assert (tmp_path / "d.txt").read_text() == "# a\ncpu 2\nad"
+    assert not (tmp_path / "e.txt").exists()
+    assert sh("dvc", "status", "d").stdout.strip() == "Data and pipelines are up to date."

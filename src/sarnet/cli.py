@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -100,11 +101,11 @@ def _repro(args: argparse.Namespace) -> None:
 REPORT_STAGE = "fid_table"  # runs at the end of every refresh, so the table shows whatever finished
 
 
-def _pipeline_state() -> tuple[list, set[str], dict[str, tuple[float | None, float | None]]]:
-    """dvc.yaml's stages (paths read and written, frozen or not), the ones `dvc repro` would run now
-    (changed code, params or inputs, missing outputs, never run), and each stage's last recorded
-    seconds and GEMM time, both from its own timing file (metrics/timing/…; wall_time.json's seconds
-    where the file has none)."""
+def _pipeline_state() -> tuple[list, dict, dict[str, tuple[float | None, float | None]]]:
+    """dvc.yaml's stages (paths read and written, frozen or not), `dvc status` (the stages `dvc repro`
+    would run now, each with its changes: code, params, inputs, missing outputs, never run), and each
+    stage's last recorded seconds and GEMM time, both from its own timing file (metrics/timing/…;
+    wall_time.json's seconds where the file has none)."""
     import json
     import logging
     from pathlib import Path
@@ -138,35 +139,31 @@ def _pipeline_state() -> tuple[list, set[str], dict[str, tuple[float | None, flo
         level = dvc_logger.level
         dvc_logger.setLevel(logging.ERROR)  # "stage is frozen" warnings, once per instrument
         try:
-            changed = set(repo.status())
+            status = repo.status()
         finally:
             dvc_logger.setLevel(level)
-    return stages, changed, recorded
+    return stages, status, recorded
 
 
 def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
     """Run the stale stages (and everything downstream of them) that fit before `deadline` (a
     time.monotonic() value), each by `dvc repro --single-item`, so each one that finishes is in dvc.lock
-    at once. Returns dvc's status (0, or the failing stage's) and whether any stage ran."""
+    at once; with them, the stages whose outputs a stale one reads and this machine lacks (a new
+    machine's empty cache), but no other stage that only lacks its outputs. A stage rebuilt that way
+    may give other bytes (another CPU type), which makes its readers stale: another round runs them.
+    Returns dvc's status (0, or the failing stage's) and whether any stage ran."""
     import subprocess
+    from pathlib import Path
 
     from sarnet.core.provenance import gemm_ms
-    from sarnet.refresh import estimate_seconds, run_within, upstreams, with_downstream
+    from sarnet.refresh import (estimate_seconds, in_dependency_order, missing_inputs, run_within, split_status,
+                                upstreams, with_downstream)
 
     if subprocess.run([dvc, "remote", "default"], capture_output=True, text=True).stdout.strip():
         # a machine or clone that lacks the models fetches them instead of training them again
         print("dvc pull: what the default remote already has", flush=True)
         subprocess.run([dvc, "pull", "--allow-missing", "--quiet"], capture_output=True)
-    stages, changed, recorded = _pipeline_state()
-    order = with_downstream(changed, stages)
-    if not order:
-        print("nothing is stale: every stage is up to date")
-        return 0, False
     here_ms = gemm_ms()
-    estimates = {name: estimate_seconds(*recorded.get(name, (None, None)), here_ms) for name in order}
-    budget_s = deadline - time.monotonic()  # the pull, the status and the GEMM above came out of it
-    print(f"{len(order)} stages to refresh, about {sum(estimates.values()) / 60:.0f} min in all on this machine "
-          f"(GEMM-1024 {here_ms:.1f} ms); {budget_s / 60:.1f} min available", flush=True)
     failures: list[int] = []
 
     def run(name: str) -> bool:
@@ -174,15 +171,40 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
         failures.extend([status] if status else [])
         return status == 0
 
-    result = run_within(order, upstreams(stages), estimates, budget_s, run,
-                        always=[REPORT_STAGE] if REPORT_STAGE in order else [])
-    if result.failed:
-        print(f"error: stage {result.failed} failed; dvc.lock holds the stages that finished before it", file=sys.stderr)
-        return failures[0], bool(result.ran)
-    left = len(result.skipped)
-    print(f"refreshed {len(result.ran)} stage(s); " + (f"{left} not started for lack of time: run `sarnet repro --for` again"
-                                                      if left else "nothing left to refresh"))
-    return 0, bool(result.ran)
+    ran: list[str] = []
+    for round_number in itertools.count(1):
+        stages, status, recorded = _pipeline_state()
+        stale, missing = split_status(status, stages, lambda path: Path(path).exists())
+        wanted = set(with_downstream(stale, stages))
+        rebuilt = missing_inputs(wanted, missing, stages)
+        order = in_dependency_order(wanted | rebuilt, stages)
+        if not order and round_number == 1:
+            lacking = sum(1 for outs in missing.values() if outs)
+            print("nothing is stale: every stage is up to date"
+                  + (f" ({lacking} lack their outputs here, and no stale stage reads them)" if lacking else ""))
+            return 0, False
+        if not order:
+            break
+        estimates = {name: estimate_seconds(*recorded.get(name, (None, None)), here_ms) for name in order}
+        budget_s = deadline - time.monotonic()  # the pull, the status and the GEMM above came out of it
+        print(("" if round_number == 1 else "again, as the stages rebuilt above changed what their readers read: ")
+              + f"{len(order)} stages to refresh"
+              + (f" ({len(rebuilt)} of them only because a stale stage reads their outputs, which this machine lacks)"
+                 if rebuilt else "")
+              + f", about {sum(estimates.values()) / 60:.0f} min in all on this machine "
+              f"(GEMM-1024 {here_ms:.1f} ms); {budget_s / 60:.1f} min available", flush=True)
+        result = run_within(order, upstreams(stages), estimates, budget_s, run,
+                            always=[REPORT_STAGE] if REPORT_STAGE in order else [])
+        ran.extend(result.ran)
+        if result.failed:
+            print(f"error: stage {result.failed} failed; dvc.lock holds the stages that finished before it", file=sys.stderr)
+            return failures[0], bool(ran)
+        if not rebuilt & set(result.ran):
+            break  # no stage was rebuilt, so no reader of one can have become stale
+    left = len(result.skipped) if order else 0
+    print(f"refreshed {len(set(ran))} stage(s); " + (f"{left} not started for lack of time: run `sarnet repro --for` again"
+                                                    if left else "nothing left to refresh"))
+    return 0, bool(ran)
 
 
 def _push(dvc: str) -> None:

@@ -48,6 +48,66 @@ def with_downstream(changed: set[str], stages: Sequence[StageInfo]) -> list[str]
             if s.name not in wanted and above[s.name] & wanted:
                 wanted.add(s.name)
                 grew = True
+    return in_dependency_order(wanted, stages)
+
+
+# What `dvc status` says of an output this machine lacks: gone from the work tree, and (or) from the cache.
+MISSING_STATES = ("deleted", "not in cache")
+
+
+def split_status(status: Mapping[str, Sequence], stages: Sequence[StageInfo],
+                 exists: Callable[[str], bool]) -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    """`dvc status`'s answer (stage -> its changes) split into the stale stages (changed code, params
+    or inputs, never run, an output that differs) and, for each other stage it names, its outputs that
+    `exists` does not find. A stage whose only changes are missing outputs, and inputs missing because
+    another stage's output is, is not stale: its recorded result still holds, this machine lacks it."""
+    outputs = {o for s in stages for o in s.outs}
+    by_name = {s.name: s for s in stages}
+    stale: set[str] = set()
+    missing: dict[str, tuple[str, ...]] = {}
+    for name, changes in status.items():
+        only_missing = True
+        for change in changes:
+            if not isinstance(change, Mapping):  # "changed command", "always changed"
+                only_missing = False
+                continue
+            for kind, paths in change.items():
+                if kind == "changed outs":
+                    only_missing &= all(state in MISSING_STATES for state in paths.values())
+                elif kind == "changed deps":
+                    only_missing &= all(state == "deleted" and path in outputs for path, state in paths.items())
+                else:
+                    only_missing = False
+        if only_missing and name in by_name:
+            missing[name] = tuple(o for o in by_name[name].outs if not exists(o))
+        else:
+            stale.add(name)
+    return stale, missing
+
+
+def missing_inputs(run: set[str], missing_outs: Mapping[str, Sequence[str]], stages: Sequence[StageInfo]) -> set[str]:
+    """The stages that must run again only because a stage of `run` reads an output of theirs that this
+    machine lacks (`missing_outs`: stage -> its outputs absent here, for stages that are not stale), and
+    the ones those need in turn. A fresh clone or a new machine lacks every model: without this, a
+    refresh would retrain all of them, although only the stale stages' inputs are needed."""
+    by_name = {s.name: s for s in stages}
+    needed: set[str] = set()
+    readers = list(run)
+    while readers:
+        reader = by_name[readers.pop()]
+        if reader.frozen:  # its inputs are never read again (DVC only verifies its outputs)
+            continue
+        for name, outs in missing_outs.items():
+            if outs and name not in needed and name not in run and _reads(reader, outs):
+                needed.add(name)
+                readers.append(name)
+    return needed
+
+
+def in_dependency_order(wanted: set[str], stages: Sequence[StageInfo]) -> list[str]:
+    """The stages of `wanted`, each after those of its upstreams that are wanted too (`stages`' own order
+    among independent ones)."""
+    above = upstreams(stages)
     ordered: list[str] = []
     placed: set[str] = set()
     while len(ordered) < len(wanted):
