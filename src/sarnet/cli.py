@@ -156,8 +156,10 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
     from pathlib import Path
 
     from sarnet.core.provenance import gemm_ms
-    from sarnet.refresh import (estimate_seconds, in_dependency_order, missing_inputs, run_within, split_status,
-                                upstreams, with_downstream)
+    import yaml
+
+    from sarnet.refresh import (estimate_seconds, in_dependency_order, missing_inputs, recorded_reads, run_within,
+                                split_status, upstreams, with_downstream)
 
     if subprocess.run([dvc, "remote", "default"], capture_output=True, text=True).stdout.strip():
         # a machine or clone that lacks the models fetches them instead of training them again
@@ -174,7 +176,8 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
     ran: list[str] = []
     for round_number in itertools.count(1):
         stages, status, recorded = _pipeline_state()
-        stale, missing = split_status(status, stages, lambda path: Path(path).exists())
+        lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+        stale, missing = split_status(status, stages, lambda path: Path(path).exists(), recorded_reads(lock or {}))
         wanted = set(with_downstream(stale, stages))
         rebuilt = missing_inputs(wanted, missing, stages)
         order = in_dependency_order(wanted | rebuilt, stages)

@@ -55,12 +55,14 @@ def with_downstream(changed: set[str], stages: Sequence[StageInfo]) -> list[str]
 MISSING_STATES = ("deleted", "not in cache")
 
 
-def split_status(status: Mapping[str, Sequence], stages: Sequence[StageInfo],
-                 exists: Callable[[str], bool]) -> tuple[set[str], dict[str, tuple[str, ...]]]:
+def split_status(status: Mapping[str, Sequence], stages: Sequence[StageInfo], exists: Callable[[str], bool],
+                 read_as_recorded: Callable[[str, str], bool]) -> tuple[set[str], dict[str, tuple[str, ...]]]:
     """`dvc status`'s answer (stage -> its changes) split into the stale stages (changed code, params
     or inputs, never run, an output that differs) and, for each other stage it names, its outputs that
     `exists` does not find. A stage whose only changes are missing outputs, and inputs missing because
-    another stage's output is, is not stale: its recorded result still holds, this machine lacks it."""
+    another stage's output is, is not stale: its recorded result still holds, this machine lacks it.
+    Unless the missing input it read is not the one its writer recorded (`read_as_recorded(stage, path)`
+    false: the writer ran again since), which DVC cannot see while the file is missing."""
     outputs = {o for s in stages for o in s.outs}
     by_name = {s.name: s for s in stages}
     stale: set[str] = set()
@@ -75,7 +77,8 @@ def split_status(status: Mapping[str, Sequence], stages: Sequence[StageInfo],
                 if kind == "changed outs":
                     only_missing &= all(state in MISSING_STATES for state in paths.values())
                 elif kind == "changed deps":
-                    only_missing &= all(state == "deleted" and path in outputs for path, state in paths.items())
+                    only_missing &= all(state == "deleted" and path in outputs and read_as_recorded(name, path)
+                                        for path, state in paths.items())
                 else:
                     only_missing = False
         if only_missing and name in by_name:
@@ -83,6 +86,15 @@ def split_status(status: Mapping[str, Sequence], stages: Sequence[StageInfo],
         else:
             stale.add(name)
     return stale, missing
+
+
+def recorded_reads(lock: Mapping) -> Callable[[str, str], bool]:
+    """From a parsed dvc.lock: whether a stage's run read the very output (by its recorded hash) that
+    the stage writing that path recorded last."""
+    stages = lock.get("stages", {}) or {}
+    written = {out["path"]: out.get("md5") for entry in stages.values() for out in entry.get("outs", []) or []}
+    read = {(name, dep["path"]): dep.get("md5") for name, entry in stages.items() for dep in entry.get("deps", []) or []}
+    return lambda stage, path: read.get((stage, path)) is not None and read.get((stage, path)) == written.get(path)
 
 
 def missing_inputs(run: set[str], missing_outs: Mapping[str, Sequence[str]], stages: Sequence[StageInfo]) -> set[str]:
@@ -105,18 +117,22 @@ def missing_inputs(run: set[str], missing_outs: Mapping[str, Sequence[str]], sta
 
 
 def in_dependency_order(wanted: set[str], stages: Sequence[StageInfo]) -> list[str]:
-    """The stages of `wanted`, each after those of its upstreams that are wanted too (`stages`' own order
-    among independent ones)."""
+    """The stages of `wanted`, each after those of its upstreams that are wanted too. Among the stages
+    ready to run, the reader of the stage placed last comes first (then `stages`' own order), so a
+    training is followed by its evaluation: a refresh cut short leaves finished results, not models
+    that nothing has scored yet."""
     above = upstreams(stages)
+    position: dict[str, int] = {}
     ordered: list[str] = []
-    placed: set[str] = set()
     while len(ordered) < len(wanted):
-        ready = [s.name for s in stages if s.name in wanted and s.name not in placed
-                 and not (above[s.name] & wanted) - placed]
+        ready = [s.name for s in stages if s.name in wanted and s.name not in position
+                 and not (above[s.name] & wanted) - position.keys()]
         if not ready:
-            raise ValueError(f"the stages {sorted(wanted - placed)} depend on each other in a cycle")
-        ordered.append(ready[0])
-        placed.add(ready[0])
+            raise ValueError(f"the stages {sorted(wanted - position.keys())} depend on each other in a cycle")
+        # stable: max keeps the first of equals, i.e. `stages`' order
+        latest = max(ready, key=lambda name: max((position[u] for u in above[name] & wanted), default=-1))
+        position[latest] = len(ordered)
+        ordered.append(latest)
     return ordered
 
 
