@@ -172,35 +172,47 @@ def test_the_first_failure_stops_the_refresh():
     assert calls == ["prepare", "train"] and result.failed == "train" and result.ran == ["prepare"]
 
 
-def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
-    """`sarnet repro --for` on a real DVC project: a → b → c, all stale after a's script changed; b is
-    recorded as taking hours, so the first call runs a only; once b's record says seconds, the second
-    call runs b and c, and DVC then has nothing left to do."""
+def _dvc_project(tmp_path, reads: dict):
+    """A git + DVC project in `tmp_path` whose stage <name> writes <name>.txt, the concatenation of what
+    it reads (`reads`: name -> (declared inputs, one more input the command reads but dvc.yaml does not
+    declare, or "")), and a timing file of 1 s; run once. Returns a runner of commands in it."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    def sh(*cmd):
-        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
     env.pop("SARNET_PARENT_RUN_ID", None)
-    stage = ("import json, sys\nfrom pathlib import Path\nname, src = sys.argv[1], sys.argv[2:]\n"
-             "text = ''.join(Path(s).read_text() for s in src)\nPath(f'{name}.txt').write_text(text + name)\n"
-             "Path('metrics/timing').mkdir(parents=True, exist_ok=True)\n"
-             "Path(f'metrics/timing/{name}.json').write_text(json.dumps({'seconds': 1.0}))\n")
-    (tmp_path / "stage.py").write_text(stage)
-    (tmp_path / "a.py").write_text("# a\n")
+
+    def sh(*cmd):
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+
+    (tmp_path / "stage.py").write_text(
+        "import json, sys\nfrom pathlib import Path\nname, src = sys.argv[1], sys.argv[2:]\n"
+        "text = ''.join(Path(s).read_text() for s in src)\nPath(f'{name}.txt').write_text(text + name)\n"
+        "Path('metrics/timing').mkdir(parents=True, exist_ok=True)\n"
+        "Path(f'metrics/timing/{name}.json').write_text(json.dumps({'seconds': 1.0}))\n")
     dvc_yaml = {"stages": {
-        name: {"cmd": f"python stage.py {name} {' '.join(reads)}", "deps": ["stage.py", *reads],
+        name: {"cmd": f"python stage.py {name} {' '.join([*src, undeclared])}".rstrip(), "deps": ["stage.py", *src],
                "outs": [f"{name}.txt", {f"metrics/timing/{name}.json": {"cache": False}}]}
-        for name, reads in (("a", ["a.py"]), ("b", ["a.txt"]), ("c", ["b.txt"]))}}
+        for name, (src, undeclared) in reads.items()}}
     (tmp_path / "dvc.yaml").write_text(json.dumps(dvc_yaml))
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
         assert sh(*cmd).returncode == 0
+    return sh
+
+
+def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
+    """`sarnet repro --for` on a real DVC project: a → b → c, all stale after a's script changed; b is
+    recorded as taking hours, so the first call runs a only; once b's record says seconds, the second
+    call runs b and c, and DVC then has nothing left to do."""
+    import json
+    import sys
+
+    (tmp_path / "a.py").write_text("# a\n")
+    sh = _dvc_project(tmp_path, {"a": (["a.py"], ""), "b": (["a.txt"], ""), "c": (["b.txt"], "")})
     (tmp_path / "a.py").write_text("# a, changed\n")
     (tmp_path / "metrics" / "timing" / "b.json").write_text(json.dumps({"seconds": 7200.0}))  # b: two hours
 
@@ -226,39 +238,18 @@ def test_sarnet_repro_for_on_a_new_machine_rebuilds_only_what_a_stale_stage_read
     `sarnet repro --for` rebuilds a and b (c reads b's output, b reads a's), then c; d and e only lack
     their outputs, so they stay as they are. When the rebuilt a gives other bytes (another CPU type:
     here an input dvc.yaml does not declare), its other reader d is stale, and a second round runs it."""
-    import json
-    import os
     import shutil
-    import subprocess
     import sys
-    from pathlib import Path
-
-    def sh(*cmd):
-        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
 
     def new_machine():
         shutil.rmtree(tmp_path / ".dvc" / "cache")
         for name in "abcde":
             (tmp_path / f"{name}.txt").unlink(missing_ok=True)
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
-    env.pop("SARNET_PARENT_RUN_ID", None)
-    stage = ("import json, sys\nfrom pathlib import Path\nname, src = sys.argv[1], sys.argv[2:]\n"
-             "text = ''.join(Path(s).read_text() for s in src)\nPath(f'{name}.txt').write_text(text + name)\n"
-             "Path('metrics/timing').mkdir(parents=True, exist_ok=True)\n"
-             "Path(f'metrics/timing/{name}.json').write_text(json.dumps({'seconds': 1.0}))\n")
-    (tmp_path / "stage.py").write_text(stage)
     for name, text in (("a.py", "# a\n"), ("c.py", "# c\n"), ("e.py", "# e\n"), ("cpu", "cpu 1\n")):
         (tmp_path / name).write_text(text)
-    reads = {"a": ["a.py"], "b": ["a.txt"], "c": ["b.txt", "c.py"], "d": ["a.txt"], "e": ["e.py"]}
-    dvc_yaml = {"stages": {
-        name: {"cmd": f"python stage.py {name} {' '.join(src + (['cpu'] if name == 'a' else []))}",
-               "deps": ["stage.py", *src], "outs": [f"{name}.txt", {f"metrics/timing/{name}.json": {"cache": False}}]}
-        for name, src in reads.items()}}
-    (tmp_path / "dvc.yaml").write_text(json.dumps(dvc_yaml))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
-        assert sh(*cmd).returncode == 0
+    sh = _dvc_project(tmp_path, {"a": (["a.py"], "cpu"), "b": (["a.txt"], ""), "c": (["b.txt", "c.py"], ""),
+                                 "d": (["a.txt"], ""), "e": (["e.py"], "")})
 
     new_machine()
     (tmp_path / "c.py").write_text("# c, changed\n")
