@@ -2,8 +2,8 @@
 
 import pytest
 
-from sarnet.refresh import (StageInfo, estimate_seconds, in_dependency_order, missing_inputs, recorded_reads, run_within,
-                            split_status, upstreams, with_downstream)
+from sarnet.refresh import (PACE_PRIOR_SECONDS, StageInfo, estimate_seconds, in_dependency_order, missing_inputs, pace,
+                            recorded_reads, run_within, split_status, upstreams, with_downstream)
 
 # prepare -> train -> evaluate -> table; train2 -> evaluate2 -> table; figures reads a folder of models
 STAGES = [
@@ -165,6 +165,26 @@ def test_a_stage_that_overruns_its_estimate_leaves_less_time_for_the_next():
     assert result.ran == ["prepare"] and "train" in result.skipped
 
 
+def test_estimates_follow_how_fast_the_stages_of_this_call_ran():
+    assert pace(0.0, 0.0) == 1.0
+    assert pace(600.0, 1200.0) == (600.0 + PACE_PRIOR_SECONDS) / (1200.0 + PACE_PRIOR_SECONDS)
+    # a machine on which stages take half their estimates (the GEMM scaling misjudged it)
+    estimates = {"prepare": 600.0, "train": 600.0, "train2": 900.0, "table": 5.0}
+    order = ["prepare", "train", "train2", "table"]
+    said = []
+    fast = FakeClock({"prepare": 300, "train": 300, "train2": 450, "table": 5})
+    result = run_within(order, upstreams(STAGES), estimates, 1500.0, fast.run, always=("table",), clock=fast,
+                        say=said.append)
+    # after 600 s against 1,200 estimated: train2 needs 900 × 1,200/1,800 = 600 s of the 1,500 − 600 − 5·(2/3) left
+    assert result.ran == ["prepare", "train", "train2", "table"]
+    assert any(line.startswith("[3/4] train2 (about 10.0 min") and "estimates ×0.67" in line for line in said), said
+    # taken at their word, the estimates would have left train2 out
+    slow = FakeClock({"prepare": 600, "train": 600, "train2": 900, "table": 5})
+    result = run_within(order, upstreams(STAGES), estimates, 1500.0, slow.run, always=("table",), clock=slow,
+                        say=lambda _: None)
+    assert result.ran == ["prepare", "train", "table"] and "train2" in result.skipped
+
+
 def test_the_first_failure_stops_the_refresh():
     calls = []
     result = run_within(["prepare", "train", "train2"], upstreams(STAGES), dict.fromkeys(["prepare", "train", "train2"], 1.0),
@@ -209,6 +229,7 @@ def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
     recorded as taking hours, so the first call runs a only; once b's record says seconds, the second
     call runs b and c, and DVC then has nothing left to do."""
     import json
+    import re
     import sys
 
     (tmp_path / "a.py").write_text("# a\n")
@@ -219,7 +240,9 @@ def test_sarnet_repro_for_runs_what_fits_and_a_second_call_finishes(tmp_path):
     first = sh(sys.executable, "-m", "sarnet.cli", "repro", "--no-push", "--for", "1")
     assert first.returncode == 0, first.stderr
     assert "3 stages to refresh" in first.stdout and "[1/3] a (about" in first.stdout
-    assert "b: not started, needs about 120.1 min" in first.stdout and "c: not started, waits for b" in first.stdout
+    # 7,200 s + DVC's 8, times this call's pace (a's few seconds against its 9 s estimate barely move it)
+    assert re.search(r"b: not started, needs about 11\d\.\d min|b: not started, needs about 120\.\d min", first.stdout)
+    assert "c: not started, waits for b" in first.stdout
     assert (tmp_path / "a.txt").read_text() == "# a, changed\na"
     assert (tmp_path / "b.txt").read_text() == "# a\nab"  # not re-run
 
