@@ -201,5 +201,5 @@ def pace(took: float, expected: float) -> float:
     """The factor for the estimates of the stages still to run: how long the stages of this call took
     against their estimates, shrunk towards 1 by PACE_PRIOR_SECONDS. The estimates scale recorded times
     by the GEMM-1024 time, which can mislead across CPU types (2026-12-08: a 2-core AMD EPYC took 11.5 ms
-    against an Intel Xeon's 6.7, yet ran the same training stages in 0.75–0.95 of the Xeon's time)."""
+    against an Intel Xeon's 6.7, yet ran the same training stages in 0.73–0.97 of the Xeon's time)."""
     return (took + PACE_PRIOR_SECONDS) / (expected + PACE_PRIOR_SECONDS)
