@@ -174,6 +174,7 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
         return status == 0
 
     ran: list[str] = []
+    planned: set[str] = set()
     for round_number in itertools.count(1):
         stages, status, recorded = _pipeline_state()
         lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
@@ -186,8 +187,9 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
             print("nothing is stale: every stage is up to date"
                   + (f" ({lacking} lack their outputs here, and no stale stage reads them)" if lacking else ""))
             return 0, False
-        if not order:
-            break
+        if not set(order) - planned - {REPORT_STAGE}:
+            break  # only what the rounds before could not fit: no reader of a rebuilt stage became stale
+        planned |= set(order)
         estimates = {name: estimate_seconds(*recorded.get(name, (None, None)), here_ms) for name in order}
         budget_s = deadline - time.monotonic()  # the pull, the status and the GEMM above came out of it
         print(("" if round_number == 1 else "again, as the stages rebuilt above changed what their readers read: ")
@@ -204,7 +206,7 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
             return failures[0], bool(ran)
         if not rebuilt & set(result.ran):
             break  # no stage was rebuilt, so no reader of one can have become stale
-    left = len(result.skipped) if order else 0
+    left = len(result.skipped)
     print(f"refreshed {len(set(ran))} stage(s); " + (f"{left} not started for lack of time: run `sarnet repro --for` again"
                                                     if left else "nothing left to refresh"))
     return 0, bool(ran)
