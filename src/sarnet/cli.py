@@ -155,9 +155,9 @@ def _refresh_within(dvc: str, deadline: float) -> tuple[int, bool]:
     import subprocess
     from pathlib import Path
 
-    from sarnet.core.provenance import gemm_ms
     import yaml
 
+    from sarnet.core.provenance import gemm_ms
     from sarnet.refresh import (estimate_seconds, in_dependency_order, missing_inputs, recorded_reads, run_within,
                                 split_status, upstreams, with_downstream)
 
