@@ -61,12 +61,20 @@ def main() -> None:
     families = {name: entry.get("family", "?") for name, entry in
                 yaml.safe_load((ROOT / "params.yaml").read_text())["models"].items()}
     before, after = stage_units(old, args.before_gemm_ms), stage_units(new, args.gemm_ms)
-    print(f"{'family':<28} {'stages':>6} {'before (k units)':>17} {'now (k units)':>14} {'now / before':>13}")
+    # Seconds beside units: units correct for the GEMM speed of each machine, but only roughly
+    # (docs/staleness.md "Where a result came from"), so the report shows both.
+    seconds = {family: (b, a) for family, b, a, _ in by_family(old["stages"], new["stages"], families)}
+    print(f"{'family':<28} {'stages':>6} {'before (k units)':>17} {'now (k units)':>14} {'now / before':>13}"
+          f" {'before (s)':>11} {'now (s)':>9} {'now / before':>13}")
     for family, b, a, n in by_family(before, after, families):
-        print(f"{family:<28} {n:>6} {b / 1000:>17.1f} {a / 1000:>14.1f} {a / b:>13.2f}")
+        b_s, a_s = seconds[family]
+        print(f"{family:<28} {n:>6} {b / 1000:>17.1f} {a / 1000:>14.1f} {a / b:>13.2f}"
+              f" {b_s:>11.0f} {a_s:>9.0f} {a_s / b_s:>13.2f}")
     both = before.keys() & after.keys()
     b_total, a_total = sum(before[s] for s in both), sum(after[s] for s in both)
-    print(f"{'stages in both runs':<28} {len(both):>6} {b_total / 1000:>17.1f} {a_total / 1000:>14.1f} {a_total / b_total:>13.2f}")
+    b_sec, a_sec = sum(old["stages"][s] for s in both), sum(new["stages"][s] for s in both)
+    print(f"{'stages in both runs':<28} {len(both):>6} {b_total / 1000:>17.1f} {a_total / 1000:>14.1f} {a_total / b_total:>13.2f}"
+          f" {b_sec:>11.0f} {a_sec:>9.0f} {a_sec / b_sec:>13.2f}")
     for label, units, others in (("only before", before, after), ("only now", after, before)):
         only = sorted(set(units) - set(others))
         if only:
@@ -78,7 +86,8 @@ def main() -> None:
     new_only = sum(after[s] for s in set(after) - set(before))
     print(f"whole protocol now: {(a_total + new_only) / 1000:.0f}k units, {(a_total + new_only) * args.gemm_ms / 3.6e6:.2f} h "
           f"at GEMM-1024 {args.gemm_ms} ms; before: {sum(before.values()) / 1000:.0f}k units "
-          f"({sum(old['stages'].values()) / 3600:.2f} h on its machine)")
+          f"({sum(old['stages'].values()) / 3600:.2f} h on its machine); now {sum(new['stages'].values()) / 3600:.2f} h "
+          f"of stage time on the machines that ran each stage")
 
 
 if __name__ == "__main__":
