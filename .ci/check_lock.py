@@ -44,7 +44,10 @@ def file_md5(path: Path) -> str:
 def dir_md5(root: Path, folder: str, produced_by: dict[str, tuple[str, str]]) -> str:
     """DVC's hash of a folder input: md5 of the JSON list of its files' md5s. Files that stages make
     count with the hash their stage recorded (models are not committed), the rest as committed."""
-    files = {path[len(folder) + 1:]: md5 for path, (_, md5) in produced_by.items() if path.startswith(folder + "/")}
+    # A folder output inside it (`metrics/train/<name>/`) is not a file of the listing: DVC lists its files,
+    # which are committed and so read from disk below.
+    files = {path[len(folder) + 1:]: md5 for path, (_, md5) in produced_by.items()
+             if path.startswith(folder + "/") and not str(md5).endswith(".dir")}
     for path in (root / folder).rglob("*"):
         if path.is_file():
             files[path.relative_to(root / folder).as_posix()] = file_md5(path)

@@ -228,6 +228,24 @@ def test_folder_inputs_are_hashed_like_dvc_from_committed_and_stage_made_files(c
     assert check_lock.check(lock, params, stages, root).stale["summary"] == "upstream make is stale"
 
 
+def test_a_folder_input_holding_a_committed_output_folder_lists_its_files_as_dvc_does(check_lock, repo):
+    # `make` also writes the committed folder results/curves/; DVC's hash of `results` lists the files
+    # inside it, never the subfolder's own .dir hash (the bug that kept `fid_table` stale for good).
+    root, lock, params = repo
+    (root / "results" / "curves").mkdir(parents=True)
+    (root / "results" / "curves" / "a.csv").write_bytes(b"x,y\n")
+    listing = [{"md5": md5(b"x,y\n"), "relpath": "curves/a.csv"}]
+    curves_md5 = md5(json.dumps(listing, sort_keys=True).encode()) + ".dir"
+    lock["stages"]["make"]["outs"].append({"path": "results/curves", "md5": curves_md5})
+    lock["stages"]["summary"] = {"deps": [{"path": "results", "md5": curves_md5}]}  # the same single-file listing
+    stages = declared(check_lock, summary=check_lock.StageDecl({"results"}, set(), set()))
+    stages["make"].outs.add("results/curves")
+    stages["make"].uncached.add("results/curves")
+    assert check_lock.check(lock, params, stages, root).stale == {}
+    (root / "results" / "curves" / "a.csv").write_bytes(b"x,y\n1,2\n")
+    assert check_lock.check(lock, params, stages, root).stale["summary"] == "read another version of the folder results"
+
+
 def readme(block: str, name: str = "stale") -> str:
     return f"# x\n\n<!-- {name}:start -->\n{block}\n<!-- {name}:end -->\n\nmore\n"
 
