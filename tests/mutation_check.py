@@ -119,6 +119,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("refresh_counts_a_deleted_raw_input_as_missing", "src/sarnet/refresh.py",
              'state == "deleted" and path in outputs', 'state == "deleted"',
              ("tests/test_refresh.py",)),
+    Mutation("lock_check_lists_a_nested_output_folder_as_a_file", ".ci/check_lock.py",
+             ' and not str(md5).endswith(".dir")}', "}", ("tests/test_check_lock.py",)),
 )
 
 
