@@ -234,10 +234,10 @@ def test_a_folder_input_holding_a_committed_output_folder_lists_its_files_as_dvc
     root, lock, params = repo
     (root / "results" / "curves").mkdir(parents=True)
     (root / "results" / "curves" / "a.csv").write_bytes(b"x,y\n")
-    listing = [{"md5": md5(b"x,y\n"), "relpath": "curves/a.csv"}]
-    curves_md5 = md5(json.dumps(listing, sort_keys=True).encode()) + ".dir"
-    lock["stages"]["make"]["outs"].append({"path": "results/curves", "md5": curves_md5})
-    lock["stages"]["summary"] = {"deps": [{"path": "results", "md5": curves_md5}]}  # the same single-file listing
+    def dir_hash(relpath: str) -> str:  # DVC's hash of a folder holding only a.csv, at `relpath`
+        return md5(json.dumps([{"md5": md5(b"x,y\n"), "relpath": relpath}], sort_keys=True).encode()) + ".dir"
+    lock["stages"]["make"]["outs"].append({"path": "results/curves", "md5": dir_hash("a.csv")})
+    lock["stages"]["summary"] = {"deps": [{"path": "results", "md5": dir_hash("curves/a.csv")}]}
     stages = declared(check_lock, summary=check_lock.StageDecl({"results"}, set(), set()))
     stages["make"].outs.add("results/curves")
     stages["make"].uncached.add("results/curves")
