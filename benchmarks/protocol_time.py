@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -38,11 +39,19 @@ def family_of(stage: str, families: dict[str, str]) -> str:
     return families.get(name, OTHER)
 
 
-def by_family(before: dict[str, float], after: dict[str, float], families: dict[str, str]) -> list[tuple[str, float, float, int]]:
-    """(family, units before, units after, stages) over the stages both sides have, families in first-seen order."""
+def kind_of(stage: str) -> str:
+    """Whether a stage's key is a training, an evaluation (its FID sets) or another stage."""
+    return {"train": "trainings", "fid": "FID sets"}.get(stage.split("/", 1)[0], "other stages")
+
+
+def by_family(before: dict[str, float], after: dict[str, float], families: dict[str, str],
+              group: Callable[[str], str] | None = None) -> list[tuple[str, float, float, int]]:
+    """(family, before, after, stages) over the stages both sides have, sorted by family; `group` maps a
+    stage to another grouping than its family (`kind_of`)."""
+    group = group or (lambda stage: family_of(stage, families))
     rows: dict[str, list[float]] = {}
     for stage in before.keys() & after.keys():
-        row = rows.setdefault(family_of(stage, families), [0.0, 0.0, 0])
+        row = rows.setdefault(group(stage), [0.0, 0.0, 0])
         row[0] += before[stage]
         row[1] += after[stage]
         row[2] += 1
@@ -70,6 +79,8 @@ def main() -> None:
         b_s, a_s = seconds[family]
         print(f"{family:<28} {n:>6} {b / 1000:>17.1f} {a / 1000:>14.1f} {a / b:>13.2f}"
               f" {b_s:>11.0f} {a_s:>9.0f} {a_s / b_s:>13.2f}")
+    for kind, b, a, n in by_family(old["stages"], new["stages"], families, kind_of):
+        print(f"{kind:<28} {n:>6} {'':>17} {'':>14} {'':>13} {b:>11.0f} {a:>9.0f} {a / b:>13.2f}")
     both = before.keys() & after.keys()
     b_total, a_total = sum(before[s] for s in both), sum(after[s] for s in both)
     b_sec, a_sec = sum(old["stages"][s] for s in both), sum(new["stages"][s] for s in both)

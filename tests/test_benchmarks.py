@@ -55,3 +55,6 @@ def test_the_protocol_time_report_converts_and_groups_stages_by_hand():
     # fid/b and classifier/mnist are on one side only: left out of the families' comparison
     assert [(family, n) for family, _, _, n in rows] == [("fam", 2), ("xgboost", 1)]
     assert [x for _, b, a, _ in rows for x in (b, a)] == pytest.approx([3000.0, 2000.0, 500.0, 1000.0])
+    kinds = module.by_family(before, after, {}, module.kind_of)
+    assert [(kind, n) for kind, _, _, n in kinds] == [("FID sets", 1), ("other stages", 1), ("trainings", 1)]
+    assert [x for _, b, a, _ in kinds for x in (b, a)] == pytest.approx([1000.0, 500.0, 500.0, 1000.0, 2000.0, 1500.0])
